@@ -1,0 +1,360 @@
+"""Header fields: the ordered multi-map and the typed values transactions key on.
+
+``Headers`` keeps every field in arrival order under a canonical name (compact forms
+expanded, RFC 3261 §7.3.3); typed values (Via, addresses, CSeq) are parsed on first use
+and cached until the field is changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .errors import ParseError
+from .grammar import (
+    WS,
+    format_params,
+    is_token,
+    parse_params,
+    quote_string,
+    quoted_string_end,
+    split_list,
+    unquote_string,
+)
+from .uri import URI, format_hostport, parse_hostport, parse_uri
+
+# RFC 3261 §7.3.3 and later RFCs (3265, 3515, 3892, 4028, 4474, 3841)
+COMPACT_FORMS = {
+    "v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
+    "l": "content-length", "c": "content-type", "k": "supported", "s": "subject",
+    "e": "content-encoding", "o": "event", "u": "allow-events", "r": "refer-to",
+    "b": "referred-by", "x": "session-expires", "y": "identity", "a": "accept-contact",
+    "j": "reject-contact", "d": "request-disposition", "n": "identity-info",
+}  # fmt: skip
+
+_CANONICAL = [
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Content-Length", "Content-Type",
+    "Max-Forwards", "Route", "Record-Route", "Supported", "Require", "Proxy-Require",
+    "Unsupported", "Allow", "Accept", "Accept-Encoding", "Accept-Language", "Expires",
+    "Min-Expires", "User-Agent", "Server", "WWW-Authenticate", "Authorization",
+    "Proxy-Authenticate", "Proxy-Authorization", "Authentication-Info", "Retry-After",
+    "Date", "Subject", "Event", "Allow-Events", "Refer-To", "Referred-By",
+    "Session-Expires", "Min-SE", "Path", "Service-Route", "Reason", "Warning", "Timestamp",
+    "Organization", "Priority", "Content-Encoding", "Content-Disposition",
+    "Content-Language", "MIME-Version", "Alert-Info", "Call-Info", "Error-Info",
+    "In-Reply-To", "Reply-To", "RSeq", "RAck", "Privacy", "P-Asserted-Identity",
+    "Identity", "Identity-Info", "Subscription-State", "Accept-Contact", "Reject-Contact",
+    "Request-Disposition", "Flow-Timer",
+]  # fmt: skip
+CANONICAL_NAMES = {name.lower(): name for name in _CANONICAL}
+
+# Fields whose value is a comma-separated list (RFC 3261 §7.3.1 allows splitting these).
+LIST_FIELDS = frozenset(
+    """via contact route record-route path service-route allow supported require
+    proxy-require unsupported accept accept-encoding accept-language allow-events
+    content-encoding content-language in-reply-to alert-info call-info error-info warning
+    reason p-asserted-identity accept-contact reject-contact""".split()
+)
+
+# Fields that must appear at most once (RFC 3261 §20 and Table 2).
+SINGLE_FIELDS = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")
+
+MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
+
+
+def header_key(name: str) -> str:
+    """Canonical lookup key of a header name: lower case, compact form expanded."""
+    key = name.lower()
+    if len(key) == 1:
+        return COMPACT_FORMS.get(key, key)
+    return key
+
+
+class Headers:
+    """Ordered multi-map of header fields with case-insensitive names."""
+
+    __slots__ = ("_cache", "_items")
+
+    def __init__(self, items: list[tuple[str, str, str]] | None = None) -> None:
+        # each item: (key, name as written out, value)
+        self._items: list[tuple[str, str, str]] = items if items is not None else []
+        self._cache: dict[str, object] = {}
+
+    @classmethod
+    def of(cls, *pairs: tuple[str, str]) -> Headers:
+        h = cls()
+        for name, value in pairs:
+            h.add(name, value)
+        return h
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of a field (the whole field text, not split)."""
+        key = header_key(name)
+        for k, _, v in self._items:
+            if k == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a field, comma-separated lists split where RFC 3261 allows."""
+        key = header_key(name)
+        values = [v for k, _, v in self._items if k == key]
+        if key in LIST_FIELDS:
+            out: list[str] = []
+            for v in values:
+                if v:
+                    out.extend(split_list(v))
+            return out
+        return values
+
+    def count(self, name: str) -> int:
+        key = header_key(name)
+        return sum(1 for k, _, _ in self._items if k == key)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = header_key(name)
+        return any(k == key for k, _, _ in self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for _, name, value in self._items:
+            yield name, value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # -- changing ------------------------------------------------------------------------
+    def _entry(self, name: str, value: str) -> tuple[str, str, str]:
+        key = header_key(name)
+        self._cache.pop(key, None)
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} value contains CR or LF")
+        return key, CANONICAL_NAMES.get(key, name), value
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append(self._entry(name, value))
+
+    def add_first(self, name: str, value: str) -> None:
+        """Insert before the first field of that name (or at the top): Via, Record-Route."""
+        entry = self._entry(name, value)
+        for i, (k, _, _) in enumerate(self._items):
+            if k == entry[0]:
+                self._items.insert(i, entry)
+                return
+        self._items.insert(0, entry)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field of that name by one field, kept at the first one's place."""
+        entry = self._entry(name, value)
+        for i, (k, _, _) in enumerate(self._items):
+            if k == entry[0]:
+                self._items[i] = entry
+                self._items[i + 1 :] = [it for it in self._items[i + 1 :] if it[0] != k]
+                return
+        self._items.append(entry)
+
+    def remove(self, name: str) -> int:
+        key = header_key(name)
+        self._cache.pop(key, None)
+        before = len(self._items)
+        self._items = [it for it in self._items if it[0] != key]
+        return before - len(self._items)
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove the first element of a (list) field: a proxy popping its own Route."""
+        key = header_key(name)
+        for i, (k, n, v) in enumerate(self._items):
+            if k == key:
+                self._cache.pop(key, None)
+                parts = split_list(v) if key in LIST_FIELDS else [v]
+                if len(parts) > 1:
+                    self._items[i] = (k, n, ", ".join(parts[1:]))
+                else:
+                    del self._items[i]
+                return parts[0]
+        return None
+
+    def copy(self) -> Headers:
+        return Headers(list(self._items))
+
+    def serialize_into(self, out: list[str]) -> None:
+        for key, name, value in self._items:
+            if key != "content-length":
+                out.append(f"{name}: {value}\r\n")
+
+
+# -- typed values -------------------------------------------------------------------------
+
+
+class CSeq(NamedTuple):
+    number: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+def parse_cseq(text: str) -> CSeq:
+    parts = text.split()
+    if len(parts) != 2:
+        raise ParseError("CSeq must be a number and a method")
+    num, method = parts
+    if not num.isdigit():
+        raise ParseError("CSeq number is not a number")
+    if len(num) > 10 or int(num) > MAX_CSEQ:
+        raise ParseError("CSeq number larger than 2**31-1")
+    if not is_token(method):
+        raise ParseError("CSeq method is not a token")
+    return CSeq(int(num), method)
+
+
+_VIA_RE = re.compile(
+    r"SIP[ \t]*/[ \t]*([^ \t/]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+"
+    r"(\[[0-9A-Fa-f:.]+\](?::[0-9]*)?|[^ \t;:]+(?::[^ \t;]*)?)[ \t]*",
+    re.IGNORECASE,
+)
+
+
+@dataclass(slots=True)
+class Via:
+    """One Via field value (RFC 3261 §20.42, RFC 3581 rport)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The rport value a server filled in (None when absent or only requested)."""
+        value = self.params.get("rport")
+        return int(value) if value else None
+
+    @property
+    def wants_rport(self) -> bool:
+        return "rport" in self.params
+
+    @property
+    def sent_by(self) -> str:
+        return format_hostport(self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+
+def parse_via(text: str) -> Via:
+    m = _VIA_RE.match(text)
+    if not m:
+        raise ParseError("malformed Via")
+    version, transport, hostport = m.groups()
+    if version != "2.0":
+        raise ParseError(f"Via with SIP version {version}", status=505)
+    host, port = parse_hostport(hostport, "Via sent-by")
+    params = parse_params(text[m.end() :], "Via")
+    for name in ("ttl", "rport"):
+        value = params.get(name)
+        if value is not None and (not value.isdigit() or int(value) > 65535):
+            raise ParseError(f"bad Via {name} value")
+    received = params.get("received")
+    if received is not None and not received:
+        raise ParseError("empty Via received")
+    return Via(transport=transport.upper(), host=host, port=port, params=params)
+
+
+@dataclass(slots=True)
+class Address:
+    """name-addr or addr-spec with header parameters (From, To, Contact, Route...)."""
+
+    uri: URI
+    display_name: str | None = None
+    params: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    @property
+    def expires(self) -> int | None:
+        value = self.params.get("expires")
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise ParseError("Contact expires is not a number")
+        return min(int(value), 2**32 - 1)
+
+    @property
+    def q(self) -> float | None:
+        value = self.params.get("q")
+        if value is None:
+            return None
+        try:
+            q = float(value)
+        except ValueError:
+            raise ParseError("Contact q is not a number") from None
+        if not 0 <= q <= 1:
+            raise ParseError("Contact q outside 0..1")
+        return q
+
+    def __str__(self) -> str:
+        name = ""
+        if self.display_name:
+            dn = self.display_name
+            name = (dn if all(is_token(w) for w in dn.split(" ")) else quote_string(dn)) + " "
+        return f"{name}<{self.uri}>{format_params(self.params)}"
+
+
+def parse_address(text: str, what: str) -> Address:
+    """Parse ``( name-addr / addr-spec ) *( SEMI param )`` (RFC 3261 §20.10 rules)."""
+    text = text.strip(WS)
+    if not text:
+        raise ParseError(f"empty {what}")
+    display: str | None = None
+    if text[0] == '"':
+        end = quoted_string_end(text, 0)
+        display = unquote_string(text[:end])
+        rest = text[end:].lstrip(WS)
+        if not rest.startswith("<"):
+            raise ParseError(f"quoted display name not followed by <URI> in {what}")
+        return _angle(rest, display, what)
+    lt = text.find("<")
+    if lt >= 0:
+        name = text[:lt].strip(WS)
+        if name:
+            words = name.split()
+            if not all(is_token(w) for w in words):
+                raise ParseError(f"display name {name!r} must be quoted in {what}")
+            display = " ".join(words)
+        return _angle(text[lt:], display, what)
+    # addr-spec: the URI ends at the first ';' (what follows are header parameters)
+    semi = text.find(";")
+    uri_text = text if semi < 0 else text[:semi]
+    uri_text = uri_text.rstrip(WS)
+    if any(c in uri_text for c in "?, \t"):
+        raise ParseError(f"a URI with '?', ',' or spaces must be in <> in {what}")
+    uri = parse_uri(uri_text)
+    params = parse_params(text[semi:] if semi >= 0 else "", what)
+    return Address(uri=uri, display_name=None, params=params)
+
+
+def _angle(text: str, display: str | None, what: str) -> Address:
+    end = text.find(">")
+    if end < 0:
+        raise ParseError(f"missing '>' in {what}")
+    uri_text = text[1:end]
+    if uri_text != uri_text.strip(WS):
+        raise ParseError(f"white space inside <> in {what}")
+    uri = parse_uri(uri_text)
+    params = parse_params(text[end + 1 :], what)
+    return Address(uri=uri, display_name=display, params=params)

@@ -1,0 +1,460 @@
+"""SIP requests and responses: parsing, typed access, building and serialising.
+
+``parse()`` frames the message and checks the start line, the header syntax and
+Content-Length; typed values (Via, CSeq, From/To...) are parsed on first access and
+cached. ``validate()`` checks everything else RFC 3261 §8.2 / §16.3 require before a
+request reaches a transaction user; the stack calls it and answers 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from .errors import ParseError
+from .headers import (
+    CANONICAL_NAMES,
+    COMPACT_FORMS,
+    SINGLE_FIELDS,
+    Address,
+    CSeq,
+    Headers,
+    Via,
+    parse_address,
+    parse_cseq,
+    parse_via,
+)
+from .grammar import is_token
+from .uri import SipURI, URI, parse_uri
+
+SIP_VERSION = "SIP/2.0"
+
+REASON_PHRASES = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
+    423: "Interval Too Brief", 428: "Use Identity Header", 429: "Provide Referrer Identity",
+    439: "First Hop Lacks Outbound Support", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 494: "Security Agreement Required",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 580: "Precondition Failure", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}  # fmt: skip
+
+_DATE_RE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" \d{4} \d{2}:\d{2}:\d{2} GMT\Z"
+)
+
+_MISSING = object()
+
+
+def reason_phrase(status: int) -> str:
+    return REASON_PHRASES.get(status, "Unknown")
+
+
+class Message:
+    """What requests and responses share: headers, body and typed accessors."""
+
+    __slots__ = ("body", "headers")
+    is_request: ClassVar[bool]
+
+    def __init__(self, headers: Headers | None = None, body: bytes = b"") -> None:
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+
+    # -- typed accessors (parsed on first use, cached in the Headers) ----------------------
+    def _typed(self, key: str) -> object:
+        return self.headers._cache.get(key, _MISSING)
+
+    @property
+    def call_id(self) -> str:
+        cached = self._typed("call-id")
+        if cached is _MISSING:
+            value = self.headers.get("call-id")
+            if not value:
+                raise ParseError("missing Call-ID")
+            if any(c in value for c in " \t"):
+                raise ParseError("white space in Call-ID")
+            self.headers._cache["call-id"] = cached = value
+        return cached  # type: ignore[return-value]
+
+    @property
+    def cseq(self) -> CSeq:
+        cached = self._typed("cseq")
+        if cached is _MISSING:
+            value = self.headers.get("cseq")
+            if value is None:
+                raise ParseError("missing CSeq")
+            self.headers._cache["cseq"] = cached = parse_cseq(value)
+        return cached  # type: ignore[return-value]
+
+    @property
+    def via(self) -> list[Via]:
+        """Every Via, top first."""
+        cached = self._typed("via")
+        if cached is _MISSING:
+            cached = [parse_via(v) for v in self.headers.get_all("via")]
+            self.headers._cache["via"] = cached
+        return cached  # type: ignore[return-value]
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.via
+        if not vias:
+            raise ParseError("missing Via")
+        return vias[0]
+
+    def _address(self, key: str, what: str) -> Address:
+        cached = self._typed(key)
+        if cached is _MISSING:
+            value = self.headers.get(key)
+            if value is None:
+                raise ParseError(f"missing {what}")
+            self.headers._cache[key] = cached = parse_address(value, what)
+        return cached  # type: ignore[return-value]
+
+    @property
+    def from_(self) -> Address:
+        return self._address("from", "From")
+
+    @property
+    def to(self) -> Address:
+        return self._address("to", "To")
+
+    def _address_list(self, key: str, what: str) -> list[Address]:
+        cached = self._typed(key)
+        if cached is _MISSING:
+            cached = [parse_address(v, what) for v in self.headers.get_all(key)]
+            self.headers._cache[key] = cached
+        return cached  # type: ignore[return-value]
+
+    @property
+    def contact(self) -> list[Address]:
+        """Contact addresses; empty for ``Contact: *`` (see ``contact_wildcard``)."""
+        if self.contact_wildcard:
+            return []
+        return self._address_list("contact", "Contact")
+
+    @property
+    def contact_wildcard(self) -> bool:
+        return self.headers.get("contact", "").strip() == "*"  # type: ignore[union-attr]
+
+    @property
+    def route(self) -> list[Address]:
+        return self._address_list("route", "Route")
+
+    @property
+    def record_route(self) -> list[Address]:
+        return self._address_list("record-route", "Record-Route")
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("max-forwards")
+        if value is None:
+            return None
+        if not value.isdigit() or int(value) > 255:
+            raise ParseError("Max-Forwards must be 0..255")
+        return int(value)
+
+    @property
+    def expires(self) -> int | None:
+        value = self.headers.get("expires")
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise ParseError("Expires is not a number of seconds")
+        return min(int(value), 2**32 - 1)  # RFC 3261 §20.19: larger values mean 2**32-1
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.headers.get("content-type")
+        return value.split(";", 1)[0].strip().lower() if value else None
+
+    # -- checks ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check the fields every element needs (RFC 3261 §8.1.1, §8.2, RFC 4475)."""
+        for key in SINGLE_FIELDS:
+            if self.headers.count(key) > 1:
+                raise ParseError(f"more than one {CANONICAL_NAMES[key]} header")
+        self.call_id  # noqa: B018 - each access parses and raises on bad input
+        self.cseq  # noqa: B018
+        self.top_via  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        if not self.contact_wildcard:
+            self.contact  # noqa: B018
+            for c in self.contact:
+                _ = c.expires, c.q
+        self.record_route  # noqa: B018
+        self.route  # noqa: B018
+        self.max_forwards  # noqa: B018
+        self.expires  # noqa: B018
+        date = self.headers.get("date")
+        if date is not None and not _DATE_RE.match(date):
+            raise ParseError("Date must be an RFC 1123 date in GMT")
+
+    # -- output ----------------------------------------------------------------------------
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def __bytes__(self) -> bytes:
+        out = [self._start_line(), "\r\n"]
+        self.headers.serialize_into(out)
+        out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
+        head = "".join(out).encode("utf-8", "surrogateescape")
+        return head + self.body if self.body else head
+
+    def __str__(self) -> str:
+        return bytes(self).decode("utf-8", "replace")
+
+
+class Request(Message):
+    """A SIP request. ``uri`` is parsed from the Request-URI on first access."""
+
+    __slots__ = ("_uri", "_uri_text", "method")
+    is_request = True
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        if isinstance(uri, str):
+            self._uri: URI | None = None
+            self._uri_text = uri
+        else:
+            self._uri = uri
+            self._uri_text = ""
+
+    @property
+    def uri(self) -> URI:
+        if self._uri is None:
+            self._uri = parse_uri(self._uri_text)
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: URI) -> None:
+        self._uri = value
+        self._uri_text = ""
+
+    @property
+    def uri_text(self) -> str:
+        return self._uri_text or str(self.uri)
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri_text} {SIP_VERSION}"
+
+    def validate(self) -> None:
+        uri = self.uri
+        if isinstance(uri, SipURI) and uri.headers:
+            raise ParseError("Request-URI must not contain headers")
+        super().validate()
+        cseq = self.cseq
+        if cseq.method != self.method:
+            raise ParseError(f"CSeq method {cseq.method} does not match {self.method}")
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri_text}>"
+
+
+class Response(Message):
+    """A SIP response."""
+
+    __slots__ = ("reason", "status")
+    is_request = False
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason_phrase(status) if reason is None else reason
+
+    def _start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# -- building ---------------------------------------------------------------------------
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
+    """A response to ``request`` as RFC 3261 §8.2.6 builds it.
+
+    Via, From, Call-ID, CSeq are copied; To too, with ``to_tag`` added when the request
+    had none (never on 100). Record-Route is copied into 18x/2xx for dialog-creating
+    requests (§12.1.1).
+    """
+    h = Headers()
+    for name, value in request.headers:
+        key = name.lower()
+        if key in ("via", "from", "call-id", "cseq", "v", "f", "i"):
+            h.add(name, value)
+        elif key in ("to", "t"):
+            if to_tag and status != 100 and "tag" not in request.to.params:
+                value = f"{value};tag={to_tag}"
+            h.add("To", value)
+        elif (
+            key == "record-route"
+            and 100 < status < 300
+            and request.method in ("INVITE", "SUBSCRIBE", "REFER", "NOTIFY")
+        ):
+            h.add(name, value)
+    if status == 100:
+        ts = request.headers.get("timestamp")
+        if ts:
+            h.add("Timestamp", ts)  # RFC 3261 §8.2.6.1
+    if body:
+        h.add("Content-Type", content_type or "application/sdp")
+    return Response(status, reason, h, body)
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def _parse_start_line(line: str) -> Request | Response:
+    if line.startswith("SIP/") or line[:4].upper() == "SIP/":
+        parts = line.split(" ", 2)
+        if len(parts) < 3:
+            if len(parts) == 2:
+                parts.append("")
+            else:
+                raise ParseError("malformed status line")
+        version, code, reason = parts
+        if version.upper() != SIP_VERSION:
+            raise ParseError(f"unsupported version {version}", status=505)
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise ParseError(f"bad status code {code[:12]!r}")
+        return Response(int(code), reason)
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise ParseError("request line must be METHOD SP Request-URI SP SIP/2.0")
+    method, uri, version = parts
+    if not method or not is_token(method):
+        raise ParseError("request method is not a token")
+    if not uri or uri[0] == "<":
+        raise ParseError("Request-URI must not be in <>")
+    if version.upper() != SIP_VERSION:
+        if version[:4].upper() == "SIP/":
+            raise ParseError(f"unsupported version {version}", status=505)
+        raise ParseError("request line must end in SIP/2.0")
+    return Request(method, uri)
+
+
+def parse(data: bytes, *, datagram: bool = True) -> Request | Response:
+    """Parse one SIP message.
+
+    For a datagram, bytes beyond Content-Length are ignored (RFC 3261 §18.3) and a
+    missing Content-Length means "the rest". A stream framer passes exact frames
+    (``datagram=False``) in which Content-Length is required.
+    """
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")  # RFC 3261 §7.5: ignore CRLFs before the start line
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        body_start = end + 4
+    else:
+        end = data.find(b"\n\n")
+        if end < 0:
+            raise ParseError("no empty line after the header fields")
+        body_start = end + 2
+    head = data[:end].decode("utf-8", "surrogateescape")
+    if "\r" in head:
+        head = head.replace("\r\n", "\n")
+    lines = head.split("\n")
+    msg = _parse_start_line(lines[0])
+    if len(lines) > 1 and (lines[1][:1] in (" ", "\t")):
+        raise ParseError("continuation line right after the start line")
+    if "\n " in head or "\n\t" in head:
+        lines = _unfold(lines)
+    items: list[tuple[str, str, str]] = []
+    append = items.append
+    compact = COMPACT_FORMS
+    canonical = CANONICAL_NAMES
+    clen: str | None = None
+    for line in lines[1:]:
+        colon = line.find(":")
+        if colon <= 0:
+            raise ParseError(f"header line without name and colon: {line[:30]!r}")
+        name = line[:colon]
+        if name[-1] in " \t":
+            name = name.rstrip(" \t")
+        key = name.lower()
+        if len(key) == 1:
+            key = compact.get(key, key)
+        canon = canonical.get(key)
+        if canon is None:
+            if not is_token(name):
+                raise ParseError(f"bad header name {name[:30]!r}")
+            canon = name
+        value = line[colon + 1 :].strip(" \t")
+        if key == "content-length":
+            if clen is not None:
+                raise ParseError("more than one Content-Length")
+            clen = value
+        append((key, canon, value))
+    msg.headers = Headers(items)
+    available = len(data) - body_start
+    if clen is None:
+        if not datagram:
+            raise ParseError("missing Content-Length on a stream transport")
+        msg.body = data[body_start:]
+    else:
+        if not clen.isdigit():
+            raise ParseError("Content-Length is not a non-negative number")
+        length = int(clen)
+        if length > available:
+            raise ParseError(f"Content-Length {length} larger than the {available} body bytes")
+        msg.body = data[body_start : body_start + length] if length else b""
+    return msg
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    out = [lines[0]]
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
+        else:
+            out.append(line)
+    return out
+
+
+__all__ = [
+    "REASON_PHRASES",
+    "Message",
+    "Request",
+    "Response",
+    "make_response",
+    "parse",
+    "reason_phrase",
+]
