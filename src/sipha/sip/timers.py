@@ -1,0 +1,58 @@
+"""Transaction timer values (RFC 3261 §17 and Table 4; RFC 6026 Timers L and M).
+
+``transaction_timeout`` mirrors the SIP Endpoint SDK's ``sip_transaction_timeout``: it
+caps Timers B and F so that a client learns that a server is gone in, say, 4 s instead of
+the RFC's 32 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+T1 = 0.5  # RFC 3261 §17.1.1.1: RTT estimate
+T2 = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE and responses
+T4 = 5.0  # RFC 3261 §17.1.2.2: maximum time a message stays in the network
+TRANSACTION_TIMEOUT_RANGE_MS = (1, 32000)  # SIP Endpoint SDK sip_transaction_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class TimerConfig:
+    t1: float = T1
+    t2: float = T2
+    t4: float = T4
+    transaction_timeout: float | None = None  # seconds; None = the RFC's 64*T1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.t1 <= self.t2:
+            raise ValueError("timers need 0 < T1 <= T2")
+        if self.transaction_timeout is not None:
+            lo, hi = TRANSACTION_TIMEOUT_RANGE_MS
+            ms = self.transaction_timeout * 1000
+            if not lo <= ms <= hi:
+                raise ValueError(
+                    f"sip_transaction_timeout must be {lo}..{hi} ms, got {ms:g}"
+                )
+
+    @classmethod
+    def with_transaction_timeout_ms(cls, ms: int, **kw: float) -> TimerConfig:
+        return cls(transaction_timeout=ms / 1000, **kw)
+
+    @property
+    def timer_b(self) -> float:
+        """INVITE client: how long to wait for any response (64*T1, capped)."""
+        rfc = 64 * self.t1
+        return rfc if self.transaction_timeout is None else min(rfc, self.transaction_timeout)
+
+    timer_f = timer_b  # non-INVITE client: same rule
+
+    @property
+    def timer_d(self) -> float:
+        return max(32.0, 64 * self.t1)  # §17.1.1.2: at least 32 s over unreliable
+
+    @property
+    def timer_h(self) -> float:
+        return 64 * self.t1
+
+    timer_j = timer_h
+    timer_l = timer_h  # RFC 6026 §8.7
+    timer_m = timer_h  # RFC 6026 §8.4

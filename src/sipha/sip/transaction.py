@@ -1,0 +1,540 @@
+"""RFC 3261 §17 transactions (with RFC 6026's Accepted state), sans-I/O.
+
+The :class:`TransactionLayer` owns every client and server transaction. It is fed
+messages, transport failures and the time; it answers with events (messages to send,
+responses for the transaction user, time-outs) and one deadline: the engine re-arms a
+single loop timer at :meth:`TransactionLayer.next_deadline`. Tests drive it with a
+fake clock and never sleep.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple
+
+from .headers import Headers
+from .ids import MAGIC_COOKIE
+from .message import Message, Request, Response, make_response
+from .timers import TimerConfig
+
+
+class Target(NamedTuple):
+    """Where a message goes (or came from): transport name, IP address, port."""
+
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str
+    port: int
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+
+class State(Enum):
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    ACCEPTED = "accepted"
+    TERMINATED = "terminated"
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SendMessage:
+    message: Message
+    target: Target
+    transaction: Transaction | None = None
+
+
+@dataclass(slots=True)
+class ResponseReceived:
+    transaction: ClientTransaction
+    response: Response
+
+
+@dataclass(slots=True)
+class StrayResponse:
+    """A response no client transaction matches (e.g. a 2xx retransmission)."""
+
+    response: Response
+    source: Target
+
+
+@dataclass(slots=True)
+class RequestReceived:
+    """A new request for the transaction user (``transaction`` is None for an ACK)."""
+
+    transaction: ServerTransaction | None
+    request: Request
+    source: Target
+
+
+@dataclass(slots=True)
+class CancelReceived:
+    """A CANCEL matched a pending INVITE server transaction; the layer answered 200."""
+
+    transaction: ServerTransaction
+    cancel: Request
+
+
+@dataclass(slots=True)
+class TransactionTimeout:
+    transaction: Transaction
+
+
+@dataclass(slots=True)
+class TransportError:
+    transaction: Transaction
+    reason: str
+
+
+@dataclass(slots=True)
+class TransactionTerminated:
+    transaction: Transaction
+
+
+Event = (
+    SendMessage
+    | ResponseReceived
+    | StrayResponse
+    | RequestReceived
+    | CancelReceived
+    | TransactionTimeout
+    | TransportError
+    | TransactionTerminated
+)
+
+
+# -- transactions -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Transaction:
+    layer: TransactionLayer
+    request: Request
+    target: Target
+    key: tuple[str, ...]
+    state: State = State.TRYING
+    timers: dict[str, float] = field(default_factory=dict)
+    owner: object = None  # the transaction user's handle (a future, a call...)
+    created: float = 0.0
+
+    @property
+    def reliable(self) -> bool:
+        return self.target.reliable
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.method == "INVITE"
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    def _arm(self, name: str, delay: float, now: float) -> None:
+        deadline = now + delay
+        self.timers[name] = deadline
+        self.layer._schedule(deadline, self, name)
+
+    def _send(self, message: Message) -> None:
+        self.layer.events.append(SendMessage(message, self.target, self))
+
+    def _terminate(self) -> None:
+        if self.state is State.TERMINATED:
+            return
+        self.state = State.TERMINATED
+        self.timers.clear()
+        self.layer._forget(self)
+        self.layer.events.append(TransactionTerminated(self))
+
+    def on_timer(self, name: str, now: float) -> None:
+        raise NotImplementedError
+
+    def transport_failed(self, reason: str) -> None:
+        """RFC 3261 §17.1.4 / §17.2.4: the transport reported failure for this target."""
+        if self.state in (State.TERMINATED,):
+            return
+        self.layer.events.append(TransportError(self, reason))
+        self._terminate()
+
+
+class ClientTransaction(Transaction):
+    """Client INVITE (§17.1.1) and non-INVITE (§17.1.2) transaction."""
+
+    _interval: float = 0.0
+    last_response: Response | None = None
+
+    def start(self, now: float) -> None:
+        cfg = self.layer.timers
+        self.created = now
+        self._send(self.request)
+        if self.is_invite:
+            self.state = State.CALLING
+            if not self.reliable:
+                self._interval = cfg.t1
+                self._arm("A", cfg.t1, now)
+            self._arm("B", cfg.timer_b, now)
+        else:
+            self.state = State.TRYING
+            if not self.reliable:
+                self._interval = cfg.t1
+                self._arm("E", cfg.t1, now)
+            self._arm("F", cfg.timer_f, now)
+
+    def receive(self, response: Response, now: float) -> None:
+        cfg = self.layer.timers
+        status = response.status
+        state = self.state
+        if self.is_invite:
+            if state in (State.CALLING, State.PROCEEDING):
+                self.timers.pop("A", None)
+                if status < 200:
+                    self.state = State.PROCEEDING
+                    self.timers.pop("B", None)
+                    self._deliver(response)
+                elif status < 300:
+                    # RFC 6026 §8.4: Accepted; further 2xx (forks) go to the TU as well
+                    self.state = State.ACCEPTED
+                    self.timers.pop("B", None)
+                    self._arm("M", cfg.timer_m, now)
+                    self._deliver(response)
+                else:
+                    self.state = State.COMPLETED
+                    self.timers.pop("B", None)
+                    self._send(self.make_ack(response))
+                    self._arm("D", cfg.timer_d if not self.reliable else 0.0, now)
+                    self._deliver(response)
+            elif state is State.ACCEPTED and 200 <= status < 300:
+                self._deliver(response)
+            elif state is State.COMPLETED and status >= 300:
+                self._send(self.make_ack(response))  # retransmitted final: ACK again
+        else:
+            if state in (State.TRYING, State.PROCEEDING):
+                if status < 200:
+                    self.state = State.PROCEEDING
+                    self._deliver(response)
+                else:
+                    self.state = State.COMPLETED
+                    self.timers.pop("E", None)
+                    self.timers.pop("F", None)
+                    self._arm("K", cfg.t4 if not self.reliable else 0.0, now)
+                    self._deliver(response)
+
+    def _deliver(self, response: Response) -> None:
+        self.last_response = response
+        self.layer.events.append(ResponseReceived(self, response))
+
+    def on_timer(self, name: str, now: float) -> None:
+        cfg = self.layer.timers
+        if name == "A" and self.state is State.CALLING:
+            self._send(self.request)
+            self._interval *= 2  # §17.1.1.2: A doubles without the T2 cap
+            self._arm("A", self._interval, now)
+        elif name == "E" and self.state in (State.TRYING, State.PROCEEDING):
+            self._send(self.request)
+            if self.state is State.TRYING:
+                self._interval = min(self._interval * 2, cfg.t2)
+            else:
+                self._interval = cfg.t2
+            self._arm("E", self._interval, now)
+        elif name in ("B", "F") and self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            self.layer.events.append(TransactionTimeout(self))
+            self._terminate()
+        elif name in ("D", "K", "M"):
+            self._terminate()
+
+    def make_ack(self, response: Response) -> Request:
+        """ACK for a non-2xx final response, RFC 3261 §17.1.1.3."""
+        req = self.request
+        h = Headers()
+        h.add("Via", str(req.top_via))
+        for name, value in req.headers:
+            if name.lower() == "route":
+                h.add("Route", value)
+        h.add("Max-Forwards", "70")
+        h.add("From", req.headers.get("from") or "")
+        h.add("To", response.headers.get("to") or "")
+        h.add("Call-ID", req.call_id)
+        h.add("CSeq", f"{req.cseq.number} ACK")
+        return Request("ACK", req.uri_text, h)
+
+    def make_cancel(self) -> Request:
+        """CANCEL for this INVITE, RFC 3261 §9.1 (same branch, so it matches downstream)."""
+        req = self.request
+        h = Headers()
+        h.add("Via", str(req.top_via))
+        for name, value in req.headers:
+            if name.lower() == "route":
+                h.add("Route", value)
+        h.add("Max-Forwards", "70")
+        h.add("From", req.headers.get("from") or "")
+        h.add("To", req.headers.get("to") or "")
+        h.add("Call-ID", req.call_id)
+        h.add("CSeq", f"{req.cseq.number} CANCEL")
+        return Request("CANCEL", req.uri_text, h)
+
+
+class ServerTransaction(Transaction):
+    """Server INVITE (§17.2.1, RFC 6026) and non-INVITE (§17.2.2) transaction."""
+
+    source: Target
+    last_response: Response | None = None
+    retransmit_2xx: bool = True  # a UAS core retransmits its 2xx (§13.3.1.4); a proxy does not
+    _interval: float = 0.0
+    ack_received: bool = False
+    cancelled: bool = False
+
+    @property
+    def final_sent(self) -> bool:
+        return self.last_response is not None and self.last_response.status >= 200
+
+    def start(self, now: float, auto_trying: bool) -> None:
+        self.created = now
+        if self.is_invite:
+            self.state = State.PROCEEDING
+            if auto_trying:
+                self.respond(make_response(self.request, 100), now)
+        else:
+            self.state = State.TRYING
+
+    def retransmission(self, now: float) -> None:
+        """The same request arrived again: answer with the last response, if any."""
+        if self.last_response is not None and self.state in (
+            State.PROCEEDING,
+            State.COMPLETED,
+        ):
+            self._send(self.last_response)
+
+    def respond(self, response: Response, now: float) -> None:
+        cfg = self.layer.timers
+        status = response.status
+        if self.state not in (State.TRYING, State.PROCEEDING, State.ACCEPTED):
+            raise RuntimeError(f"cannot respond {status} in state {self.state.value}")
+        if self.state is State.ACCEPTED:
+            if 200 <= status < 300:
+                self._send(response)  # a proxy forwarding a 2xx retransmission
+                return
+            raise RuntimeError("a final response was already sent")
+        self.last_response = response
+        self._send(response)
+        if status < 200:
+            self.state = State.PROCEEDING
+            return
+        if self.is_invite:
+            if status < 300:
+                self.state = State.ACCEPTED
+                self._arm("L", cfg.timer_l, now)
+                if self.retransmit_2xx:
+                    self._interval = cfg.t1
+                    if not self.reliable:
+                        self._arm("G2xx", cfg.t1, now)
+                    self.layer._await_ack(self)
+            else:
+                self.state = State.COMPLETED
+                if not self.reliable:
+                    self._interval = cfg.t1
+                    self._arm("G", cfg.t1, now)
+                self._arm("H", cfg.timer_h, now)
+        else:
+            self.state = State.COMPLETED
+            self._arm("J", cfg.timer_j if not self.reliable else 0.0, now)
+
+    def receive_ack(self, now: float) -> None:
+        cfg = self.layer.timers
+        if self.state is State.COMPLETED:
+            self.state = State.CONFIRMED
+            self.timers.pop("G", None)
+            self.timers.pop("H", None)
+            self._arm("I", cfg.t4 if not self.reliable else 0.0, now)
+        elif self.state is State.ACCEPTED:
+            self.ack_received = True
+            self.timers.pop("G2xx", None)
+
+    def on_timer(self, name: str, now: float) -> None:
+        cfg = self.layer.timers
+        if name in ("G", "G2xx") and self.last_response is not None:
+            self._send(self.last_response)
+            self._interval = min(self._interval * 2, cfg.t2)
+            self._arm(name, self._interval, now)
+        elif name == "H" and self.state is State.COMPLETED:
+            self.layer.events.append(TransactionTimeout(self))  # no ACK ever came
+            self._terminate()
+        elif name == "L":
+            if self.retransmit_2xx and not self.ack_received:
+                self.layer.events.append(TransactionTimeout(self))  # §13.3.1.4: no ACK
+            self._terminate()
+        elif name in ("I", "J"):
+            self._terminate()
+
+
+# -- the layer ----------------------------------------------------------------------------
+
+
+def _server_key(request: Request) -> tuple[str, ...]:
+    """RFC 3261 §17.2.3 matching key (ACK matches its INVITE)."""
+    via = request.top_via
+    method = "INVITE" if request.method == "ACK" else request.method
+    branch = via.branch
+    if branch and branch.startswith(MAGIC_COOKIE):
+        return (branch, via.sent_by.lower(), method)
+    # RFC 2543 peers: no usable branch
+    return (
+        "2543",
+        request.call_id,
+        request.from_.tag or "",
+        str(request.cseq.number),
+        str(via).lower(),
+        method,
+    )
+
+
+def _dialog_ack_key(msg: Message) -> tuple[str, int, str]:
+    return (msg.call_id, msg.cseq.number, msg.from_.tag or "")
+
+
+class TransactionLayer:
+    """Every transaction of one SIP stack, their matching tables and timers."""
+
+    def __init__(self, timers: TimerConfig | None = None, *, auto_trying: bool = True) -> None:
+        self.timers = timers or TimerConfig()
+        self.auto_trying = auto_trying
+        self.client: dict[tuple[str, ...], ClientTransaction] = {}
+        self.server: dict[tuple[str, ...], ServerTransaction] = {}
+        self._acks: dict[tuple[str, int, str], ServerTransaction] = {}
+        self._heap: list[tuple[float, int, Transaction, str]] = []
+        self._seq = 0
+        self.events: list[Event] = []
+
+    # -- inputs ----------------------------------------------------------------------------
+    def send_request(self, request: Request, target: Target, now: float) -> ClientTransaction:
+        """Start a client transaction; the request must carry its own top Via/branch."""
+        if request.method == "ACK":
+            raise ValueError("ACK is not sent in a client transaction")
+        branch = request.top_via.branch or ""
+        key = (branch, request.cseq.method)
+        txn = ClientTransaction(self, request, target, key)
+        self.client[key] = txn
+        txn.start(now)
+        return txn
+
+    def receive_response(self, response: Response, source: Target, now: float) -> None:
+        via = response.top_via
+        key = (via.branch or "", response.cseq.method)
+        txn = self.client.get(key)
+        if txn is None:
+            self.events.append(StrayResponse(response, source))
+            return
+        txn.receive(response, now)
+
+    def receive_request(self, request: Request, source: Target, now: float) -> None:
+        key = _server_key(request)
+        txn = self.server.get(key)
+        if request.method == "ACK":
+            if txn is not None and txn.state in (State.COMPLETED, State.CONFIRMED):
+                txn.receive_ack(now)  # ACK for a non-2xx: absorbed here (§17.2.1)
+                return
+            accepted = self._acks.pop(_dialog_ack_key(request), None)
+            if accepted is not None:
+                accepted.receive_ack(now)
+            self.events.append(RequestReceived(None, request, source))
+            return
+        if txn is not None:
+            txn.retransmission(now)
+            return
+        if request.method == "CANCEL":
+            if self._cancel(request, source, now):
+                return
+        txn = ServerTransaction(self, request, source, key)
+        txn.source = source
+        txn.target = source
+        self.server[key] = txn
+        txn.start(now, self.auto_trying)
+        self.events.append(RequestReceived(txn, request, source))
+
+    def _cancel(self, cancel: Request, source: Target, now: float) -> bool:
+        """§9.2: a CANCEL whose INVITE is still pending gets 200 here, the TU is told."""
+        invite_key = (*_server_key(cancel)[:-1], "INVITE")
+        invite = self.server.get(invite_key)
+        if invite is None or invite.final_sent:
+            return False  # the TU answers it (481 or 200 after the fact)
+        key = _server_key(cancel)
+        txn = ServerTransaction(self, cancel, source, key)
+        txn.source = source
+        self.server[key] = txn
+        txn.start(now, False)
+        txn.respond(make_response(cancel, 200), now)
+        invite.cancelled = True
+        self.events.append(CancelReceived(invite, cancel))
+        return True
+
+    def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
+        txn.respond(response, now)
+
+    def transport_failed(self, target: Target, reason: str) -> int:
+        """A connection to ``target`` broke or a send to it failed: fail its transactions."""
+        failed = 0
+        for table in (self.client, self.server):
+            for txn in list(table.values()):
+                if txn.target == target and not txn.terminated:
+                    txn.transport_failed(reason)
+                    failed += 1
+        return failed
+
+    def fail_transaction(self, txn: Transaction, reason: str) -> None:
+        txn.transport_failed(reason)
+
+    # -- timers ----------------------------------------------------------------------------
+    def _schedule(self, deadline: float, txn: Transaction, name: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, txn, name))
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            deadline, _, txn, name = heap[0]
+            if txn.timers.get(name) == deadline:
+                return deadline
+            heapq.heappop(heap)  # cancelled or re-armed: drop the stale entry
+        return None
+
+    def handle_timers(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, txn, name = heapq.heappop(heap)
+            if txn.timers.get(name) != deadline:
+                continue
+            del txn.timers[name]
+            txn.on_timer(name, now)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def _forget(self, txn: Transaction) -> None:
+        if isinstance(txn, ClientTransaction):
+            if self.client.get(txn.key) is txn:
+                del self.client[txn.key]
+        elif isinstance(txn, ServerTransaction):
+            if self.server.get(txn.key) is txn:
+                del self.server[txn.key]
+            if txn.is_invite:
+                try:
+                    ack_key = _dialog_ack_key(txn.request)
+                except Exception:  # noqa: BLE001 - a request that never validated
+                    return
+                if self._acks.get(ack_key) is txn:
+                    del self._acks[ack_key]
+
+    def _await_ack(self, txn: ServerTransaction) -> None:
+        self._acks[_dialog_ack_key(txn.request)] = txn
+
+    def drain(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    def find_invite_server(self, request: Request) -> ServerTransaction | None:
+        """The INVITE server transaction a CANCEL (or ACK) refers to."""
+        return self.server.get((*_server_key(request)[:-1], "INVITE"))
