@@ -178,6 +178,18 @@ class Headers:
                 return parts[0]
         return None
 
+    def set_first_value(self, name: str, value: str) -> None:
+        """Replace the first element of a (list) field: a stamped Via, a rewritten Route."""
+        key = header_key(name)
+        for i, (k, n, v) in enumerate(self._items):
+            if k == key:
+                self._cache.pop(key, None)
+                parts = split_list(v) if key in LIST_FIELDS else [v]
+                parts[0] = value
+                self._items[i] = (k, n, ", ".join(parts))
+                return
+        self.add(name, value)
+
     def copy(self) -> Headers:
         return Headers(list(self._items))
 

@@ -1,0 +1,318 @@
+"""UDP, TCP and TLS transports over asyncio.
+
+Messages in and out are bytes; which connection carries a message is decided by its
+:class:`~sipha.sip.transaction.Target` (transport, peer address, peer port), so a
+response goes back over the connection its request came on (RFC 3261 §18.2.2) and a
+request to a peer reuses an open connection. A connection that breaks is reported at
+once, so the transactions using it fail without waiting for a time-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..sip.framing import MAX_MESSAGE_SIZE, KeepAlive, StreamFramer
+from ..sip.errors import ParseError
+from ..sip.transaction import Target
+from .address import ListenSpec
+
+log = logging.getLogger("sipha.net")
+
+MessageHandler = Callable[[bytes, Target, ListenSpec], None]
+FailureHandler = Callable[[Target, str], None]
+
+IDLE_TIMEOUT = 300.0  # s; an idle TCP/TLS connection is closed (Kamailio tcp_connection_lifetime-like)
+CONNECT_TIMEOUT = 10.0  # s; a TCP connect that takes longer is a transport error
+
+
+@dataclass
+class TransportStats:
+    datagrams_in: int = 0
+    stream_messages_in: int = 0
+    oversize: int = 0
+    framing_errors: int = 0
+    send_errors: int = 0
+    connections_opened: int = 0
+    connections_lost: int = 0
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, manager: TransportManager, spec: ListenSpec) -> None:
+        self.manager = manager
+        self.spec = spec
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        m = self.manager
+        m.stats.datagrams_in += 1
+        if len(data) > m.max_message_size:
+            m.stats.oversize += 1
+            return
+        if data in (b"\r\n\r\n", b"\r\n"):
+            if data == b"\r\n\r\n" and self.transport is not None:
+                self.transport.sendto(b"\r\n", addr)  # RFC 5626 §4.4.1 answer on UDP too
+            return
+        m.on_message(data, Target("udp", str(addr[0]), int(addr[1])), self.spec)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like; the transaction times out or is told by
+        # the sender's own error path.
+        log.debug("udp error on %s: %s", self.spec, exc)
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP or TLS connection, server- or client-side."""
+
+    def __init__(self, manager: TransportManager, spec: ListenSpec, transport_name: str) -> None:
+        self.manager = manager
+        self.spec = spec
+        self.name = transport_name
+        self.framer = StreamFramer(manager.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.target: Target | None = None
+        self.last_active = time.monotonic()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.target = Target(self.name, str(peer[0]), int(peer[1]))
+        self.manager._register(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        m = self.manager
+        try:
+            frames = self.framer.feed(data)
+        except ParseError as exc:
+            m.stats.framing_errors += 1
+            log.warning("closing %s %s: %s", self.name, self.target, exc.reason)
+            self.close()
+            return
+        assert self.target is not None
+        for frame in frames:
+            if frame is KeepAlive.PING:
+                self.write(b"\r\n")
+            elif frame is KeepAlive.PONG:
+                m.on_pong(self.target)
+            elif isinstance(frame, bytes):
+                m.stats.stream_messages_in += 1
+                m.on_message(frame, self.target, self.spec)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.last_active = time.monotonic()
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.manager._unregister(self, "connection closed" if exc is None else f"connection lost: {exc}")
+
+
+@dataclass
+class _Pending:
+    """Messages waiting for an outgoing connection to come up."""
+
+    queue: list[bytes] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+class TransportManager:
+    """All listeners and connections of one stack."""
+
+    def __init__(
+        self,
+        on_message: MessageHandler,
+        on_failure: FailureHandler,
+        *,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        idle_timeout: float = IDLE_TIMEOUT,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
+        on_pong: Callable[[Target], None] | None = None,
+    ) -> None:
+        self.on_message = on_message
+        self.on_failure = on_failure
+        self.on_pong = on_pong or (lambda target: None)
+        self.max_message_size = max_message_size
+        self.idle_timeout = idle_timeout
+        self.ssl_server = ssl_server
+        self.ssl_client = ssl_client
+        self.listeners: list[ListenSpec] = []
+        self.stats = TransportStats()
+        self._udp: list[_Udp] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._conns: dict[Target, _Stream] = {}
+        self._pending: dict[Target, _Pending] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- listening -------------------------------------------------------------------------
+    async def listen(self, spec: ListenSpec) -> ListenSpec:
+        """Open a listener; returns the spec with the port actually bound (for port 0)."""
+        loop = asyncio.get_running_loop()
+        if spec.transport == "udp":
+            transport, proto = await loop.create_datagram_endpoint(
+                lambda: _Udp(self, spec), local_addr=(spec.host, spec.port)
+            )
+            port = transport.get_extra_info("sockname")[1]
+            bound = spec._replace(port=port)
+            proto.spec = bound
+            self._udp.append(proto)
+        else:
+            if spec.transport == "tls" and self.ssl_server is None:
+                raise ValueError(f"{spec}: a TLS listener needs a certificate and key")
+            holder: list[ListenSpec] = [spec]
+            server = await loop.create_server(
+                lambda: _Stream(self, holder[0], spec.transport),
+                spec.host,
+                spec.port,
+                ssl=self.ssl_server if spec.transport == "tls" else None,
+                reuse_address=True,
+            )
+            port = server.sockets[0].getsockname()[1]
+            bound = spec._replace(port=port)
+            holder[0] = bound
+            self._servers.append(server)
+        self.listeners.append(bound)
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_idle())
+        return bound
+
+    def local_for(self, transport: str, v6: bool = False) -> ListenSpec:
+        """The listener whose address goes into Via/Contact for this transport."""
+        candidates = [s for s in self.listeners if s.transport == transport]
+        for s in candidates:
+            if s.family_v6 == v6:
+                return s
+        if candidates:
+            return candidates[0]
+        raise LookupError(f"no {transport} listener")
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, data: bytes, target: Target) -> None:
+        """Send now or as soon as a connection is up; failures go to ``on_failure``."""
+        if target.transport == "udp":
+            sock = self._udp_for(":" in target.host)
+            if sock is None or sock.transport is None:
+                self._fail_soon(target, "transport: no UDP listener for this address family")
+                return
+            try:
+                sock.transport.sendto(data, (target.host, target.port))
+            except OSError as exc:
+                self.stats.send_errors += 1
+                self._fail_soon(target, f"transport: {exc.strerror or exc}")
+            return
+        conn = self._conns.get(target)
+        if conn is not None and not conn.closed:
+            conn.write(data)
+            return
+        pending = self._pending.get(target)
+        if pending is None:
+            pending = self._pending[target] = _Pending()
+            pending.task = asyncio.create_task(self._connect(target, pending))
+        pending.queue.append(data)
+
+    def _udp_for(self, v6: bool) -> _Udp | None:
+        for u in self._udp:
+            if u.spec.family_v6 == v6:
+                return u
+        return None
+
+    def _fail_soon(self, target: Target, reason: str) -> None:
+        asyncio.get_running_loop().call_soon(self.on_failure, target, reason)
+
+    async def _connect(self, target: Target, pending: _Pending) -> None:
+        loop = asyncio.get_running_loop()
+        spec = self.local_for(target.transport, ":" in target.host) if self.listeners else None
+        try:
+            ctx = None
+            if target.transport == "tls":
+                ctx = self.ssl_client or ssl.create_default_context()
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Stream(self, spec or ListenSpec(target.transport, "0.0.0.0", 0), target.transport),
+                    target.host,
+                    target.port,
+                    ssl=ctx,
+                    server_hostname=target.host if ctx is not None else None,
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._pending.pop(target, None)
+            self.stats.send_errors += 1
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            self.on_failure(target, f"transport: {reason.lower()}")
+            return
+        self._pending.pop(target, None)
+        # the connection registered itself under the peer's address, which is target
+        if proto.target != target and proto.target is not None:
+            self._conns[target] = proto
+        for data in pending.queue:
+            proto.write(data)
+
+    # -- connection table ------------------------------------------------------------------
+    def _register(self, conn: _Stream) -> None:
+        assert conn.target is not None
+        self.stats.connections_opened += 1
+        self._conns[conn.target] = conn
+
+    def _unregister(self, conn: _Stream, reason: str) -> None:
+        self.stats.connections_lost += 1
+        gone = [t for t, c in self._conns.items() if c is conn]
+        for t in gone:
+            del self._conns[t]
+            self.on_failure(t, f"transport: {reason}")
+
+    def connection_count(self) -> int:
+        return len({id(c) for c in self._conns.values()})
+
+    async def _reap_idle(self) -> None:
+        period = max(1.0, self.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            limit = time.monotonic() - self.idle_timeout
+            for conn in list(self._conns.values()):
+                if conn.last_active < limit:
+                    log.debug("closing idle %s connection %s", conn.name, conn.target)
+                    conn.close()
+
+    def send_keepalive(self, target: Target) -> bool:
+        """Send an RFC 5626 double-CRLF ping on an open connection."""
+        conn = self._conns.get(target)
+        if conn is None or conn.closed:
+            return False
+        conn.write(b"\r\n\r\n")
+        return True
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for p in self._pending.values():
+            if p.task is not None:
+                p.task.cancel()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for u in self._udp:
+            if u.transport is not None:
+                u.transport.close()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
