@@ -63,7 +63,7 @@ async def run_sipp(*args: str, timeout: float = 60.0) -> SippResult:
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout + 15)
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError):
         proc.kill()
         out, _ = await proc.communicate()
     return SippResult(proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace"))
