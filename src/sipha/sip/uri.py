@@ -333,6 +333,8 @@ def _parse_tel(rest: str, text: str) -> TelURI:
             if not name:
                 raise ParseError("bad tel: URI parameter")
             params[name.lower()] = value if eq else None
+    if not number.startswith("+") and "phone-context" not in params:
+        raise ParseError("a local tel: number needs a phone-context (RFC 3966 §5.1.5)")
     return TelURI(number=number, params=params, text=text)
 
 
