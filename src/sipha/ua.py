@@ -17,7 +17,7 @@ from .sip.headers import Headers
 from .sip.ids import new_call_id, new_tag
 from .sip.message import Request, Response
 from .sip.transaction import Target
-from .sip.uri import URI, SipURI, parse_uri
+from .sip.uri import URI, SipURI, format_hostport, parse_uri
 from .stack import IncomingRequest, SipStack, resolve_sip_uri
 
 log = logging.getLogger("sipha.ua")
@@ -200,7 +200,7 @@ class UserAgent:
     ) -> Request:
         to_uri = parse_uri(to) if isinstance(to, str) else to
         local = self.stack.local(transport)
-        domain = self.domain or local.host
+        domain = self.domain or format_hostport(local.host, None)
         h = Headers()
         h.add("From", f"<sip:{from_user or self.user}@{domain}>;tag={new_tag()}")
         h.add("To", f"<{to_uri}>")

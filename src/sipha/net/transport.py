@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -40,6 +41,16 @@ class TransportStats:
     send_errors: int = 0
     connections_opened: int = 0
     connections_lost: int = 0
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """'connection refused', 'timed out'...: the words an operator expects in a reason."""
+    errno_ = getattr(exc, "errno", None)
+    if errno_:
+        return os.strerror(errno_).lower()
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    return (str(exc) or type(exc).__name__).lower()
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -213,7 +224,7 @@ class TransportManager:
                 sock.transport.sendto(data, (target.host, target.port))
             except OSError as exc:
                 self.stats.send_errors += 1
-                self._fail_soon(target, f"transport: {exc.strerror or exc}")
+                self._fail_soon(target, f"transport: {describe_os_error(exc)}")
             return
         conn = self._conns.get(target)
         if conn is not None and not conn.closed:
@@ -254,8 +265,7 @@ class TransportManager:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self._pending.pop(target, None)
             self.stats.send_errors += 1
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            self.on_failure(target, f"transport: {reason.lower()}")
+            self.on_failure(target, f"transport: {describe_os_error(exc)}")
             return
         self._pending.pop(target, None)
         # the connection registered itself under the peer's address, which is target
