@@ -1,6 +1,6 @@
 """A sipha UAS in a few lines: answer every call, hang up when the caller sends BYE.
 
-    python examples/uas.py udp:127.0.0.1:5080 tcp:127.0.0.1:5080
+python examples/uas.py udp:127.0.0.1:5080 tcp:127.0.0.1:5080
 """
 
 import asyncio

@@ -66,11 +66,15 @@ async def run_sipp(*args: str, timeout: float = 60.0) -> SippResult:
     except (TimeoutError, asyncio.CancelledError):
         proc.kill()
         out, _ = await proc.communicate()
-    return SippResult(proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace"))
+    return SippResult(
+        proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace")
+    )
 
 
 @contextlib.asynccontextmanager
-async def sipp_background(*args: str, timeout: float = 60.0) -> AsyncIterator[asyncio.Task[SippResult]]:
+async def sipp_background(
+    *args: str, timeout: float = 60.0
+) -> AsyncIterator[asyncio.Task[SippResult]]:
     """Start sipp (e.g. a UAS) and give the task that completes with its result."""
     task = asyncio.create_task(run_sipp(*args, timeout=timeout))
     await asyncio.sleep(0)  # let it spawn
@@ -93,7 +97,6 @@ async def start_example(script: str, *args: str) -> asyncio.subprocess.Process:
     line = await asyncio.wait_for(proc.stdout.readline(), 15)
     assert line.startswith(b"ready"), line
     return proc
-
 
 
 async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> int:

@@ -9,7 +9,9 @@ from sipha.sip import ParseError, parse
 from sipha.sip.framing import StreamFramer
 from tests.vectors.load import load, names
 
-SEEDS = [load("rfc4475", n) for n in names("rfc4475")] + [load("rfc5118", n) for n in names("rfc5118")]
+SEEDS = [load("rfc4475", n) for n in names("rfc4475")] + [
+    load("rfc5118", n) for n in names("rfc5118")
+]
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -42,7 +44,11 @@ def mutated(draw: st.DrawFn) -> bytes:
         if op == 0 and data:
             data[pos] = draw(st.integers(0, 255))
         elif op == 1:
-            data[pos:pos] = draw(st.sampled_from([b":", b";", b",", b"<", b">", b'"', b"\r\n", b" ", b"%", b"[", b"=", b"@"]))
+            data[pos:pos] = draw(
+                st.sampled_from(
+                    [b":", b";", b",", b"<", b">", b'"', b"\r\n", b" ", b"%", b"[", b"=", b"@"]
+                )
+            )
         elif op == 2 and data:
             del data[pos : pos + draw(st.integers(1, 20))]
         else:

@@ -83,7 +83,9 @@ def test_esc01_valid_percent_escapes() -> None:
     (c,) = m.contact
     assert c.uri.user == "caller"  # type: ignore[attr-defined]
     # escaped parameter names and values compare equal to their unescaped forms
-    assert c.uri == SipURI(host="host5.example.net", user="caller", params={"lr": None, "name": "value%2541"})
+    assert c.uri == SipURI(
+        host="host5.example.net", user="caller", params={"lr": None, "name": "value%2541"}
+    )
     assert m.content_type == "application/sdp"
 
 

@@ -83,7 +83,9 @@ async def test_unsupported_version_gets_505() -> None:
         port = stack.local().port
         peer = await udp_peer()
         assert peer.transport is not None
-        peer.transport.sendto(options(port).replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1), ("127.0.0.1", port))
+        peer.transport.sendto(
+            options(port).replace(b" SIP/2.0\r\n", b" SIP/3.0\r\n", 1), ("127.0.0.1", port)
+        )
         resp = parse(await asyncio.wait_for(peer.received.get(), 2))
         assert resp.status == 505  # type: ignore[union-attr]
         peer.transport.close()
@@ -148,7 +150,9 @@ async def test_refused_tcp_connection_fails_at_once() -> None:
         assert "refused" in err.value.reason
 
 
-async def _call_between(listen_a: str, listen_b: str, transport: str, host: str, **kw: object) -> None:
+async def _call_between(
+    listen_a: str, listen_b: str, transport: str, host: str, **kw: object
+) -> None:
     async with SipStack([listen_a], **kw) as a, SipStack([listen_b], **kw) as b:  # type: ignore[arg-type]
 
         async def on_invite(call: InboundCall) -> None:
@@ -221,7 +225,9 @@ async def test_cancel_ends_a_ringing_call_with_487() -> None:
         req = _invite(port, "udp")
         target = Target("udp", "127.0.0.1", port)
         rang = asyncio.Event()
-        txn, future = a.send_request(req, target, on_provisional=lambda r: r.status == 180 and rang.set())
+        txn, future = a.send_request(
+            req, target, on_provisional=lambda r: r.status == 180 and rang.set()
+        )
         await asyncio.wait_for(rang.wait(), 2)
         cancel_resp = await a.cancel(txn)
         assert cancel_resp.status == 200
@@ -239,5 +245,7 @@ async def test_rejected_call_raises_call_failed() -> None:
         UserAgent(b, on_invite=on_invite)
         port = b.local().port
         with pytest.raises(CallFailed) as err:
-            await UserAgent(a).invite(f"sip:b@127.0.0.1:{port}", target=Target("udp", "127.0.0.1", port))
+            await UserAgent(a).invite(
+                f"sip:b@127.0.0.1:{port}", target=Target("udp", "127.0.0.1", port)
+            )
         assert err.value.status == 486

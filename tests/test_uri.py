@@ -47,7 +47,13 @@ def test_fields_and_round_trip() -> None:
     text = "sips:alice:pw@[2001:db8::1]:5061;transport=tls;lr;maddr=192.0.2.1?Subject=hi"
     u = parse_uri(text)
     assert isinstance(u, SipURI)
-    assert (u.scheme, u.user, u.password, u.host, u.port) == ("sips", "alice", "pw", "[2001:db8::1]", 5061)
+    assert (u.scheme, u.user, u.password, u.host, u.port) == (
+        "sips",
+        "alice",
+        "pw",
+        "[2001:db8::1]",
+        5061,
+    )
     assert u.transport == "tls" and u.lr and u.maddr == "192.0.2.1" and u.secure
     assert u.headers == {"Subject": "hi"}
     assert str(u) == text

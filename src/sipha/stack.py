@@ -53,7 +53,9 @@ class TransactionTimeoutError(SipError, TimeoutError):
     """No response before Timer B/F (or ``sip_transaction_timeout``)."""
 
     def __init__(self, request: Request, target: Target) -> None:
-        super().__init__(f"408 Request Timeout: no response to {request.method} from {target.host}:{target.port}")
+        super().__init__(
+            f"408 Request Timeout: no response to {request.method} from {target.host}:{target.port}"
+        )
         self.request = request
         self.target = target
 
@@ -90,7 +92,7 @@ class StackStats:
 class IncomingRequest:
     """A new request for the transaction user, with a way to answer it."""
 
-    __slots__ = ("_stack", "cancelled", "request", "source", "transaction", "to_tag")
+    __slots__ = ("_stack", "cancelled", "request", "source", "to_tag", "transaction")
 
     def __init__(
         self,
@@ -221,7 +223,7 @@ class SipStack:
     def _on_message(self, data: bytes, source: Target, spec: ListenSpec) -> None:
         try:
             self._receive(data, source, spec)
-        except Exception:  # noqa: BLE001 - nothing a peer sends may stop the engine
+        except Exception:
             self.stats.garbage += 1
             log.exception("dropped a message from %s:%s", source.host, source.port)
         self._pump()
@@ -292,11 +294,15 @@ class SipStack:
             request = None
         if request is None:
             self.stats.garbage += 1
-            log.debug("dropped unparseable message from %s:%s: %s", source.host, source.port, exc.reason)
+            log.debug(
+                "dropped unparseable message from %s:%s: %s", source.host, source.port, exc.reason
+            )
             return
         self._reject(request, source, exc)
 
-    def _send_response_stateless(self, request: Request, response: Response, source: Target) -> None:
+    def _send_response_stateless(
+        self, request: Request, response: Response, source: Target
+    ) -> None:
         target = response_target(request, source)
         self.transports.send(bytes(response), target)
 
@@ -317,7 +323,7 @@ class SipStack:
                 for event in self.layer.drain():
                     try:
                         self._dispatch(event)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         self.stats.handler_errors += 1
                         log.exception("error handling %s", type(event).__name__)
         finally:
@@ -369,18 +375,20 @@ class SipStack:
             if isinstance(txn, ClientTransaction):
                 pending = txn.owner
                 if isinstance(pending, _Pending) and not pending.future.done():
-                    pending.future.set_exception(TransportFailure(txn.request, txn.target, event.reason))
+                    pending.future.set_exception(
+                        TransportFailure(txn.request, txn.target, event.reason)
+                    )
         elif isinstance(event, RequestReceived):
             incoming = IncomingRequest(self, event.request, event.source, event.transaction)
             if event.transaction is not None:
                 event.transaction.owner = incoming
             self._deliver(incoming)
         elif isinstance(event, CancelReceived):
-            incoming = event.transaction.owner
-            if isinstance(incoming, IncomingRequest):
-                incoming.cancelled.set()
+            owner = event.transaction.owner
+            if isinstance(owner, IncomingRequest):
+                owner.cancelled.set()
                 if not event.transaction.final_sent:
-                    incoming.respond(487)  # §9.2: the UAS core ends the INVITE
+                    owner.respond(487)  # §9.2: the UAS core ends the INVITE
         elif isinstance(event, StrayResponse):
             if self.stray_handler is not None:
                 self.stray_handler(event.response, event.source)
@@ -409,7 +417,9 @@ class SipStack:
         """Add what the transport layer owns: the top Via with a fresh branch (§8.1.1.7)."""
         spec = self.local(target.transport, ":" in target.host)
         host = f"[{spec.host}]" if spec.family_v6 else spec.host
-        via = Via(target.transport.upper(), host, spec.port, {"branch": new_branch(), "rport": None})
+        via = Via(
+            target.transport.upper(), host, spec.port, {"branch": new_branch(), "rport": None}
+        )
         request.headers.add_first("Via", str(via))
         if "max-forwards" not in request.headers:
             request.headers.add("Max-Forwards", "70")
@@ -506,7 +516,7 @@ def response_target(request: Request, source: Target) -> Target:
     if source.reliable:
         return source
     via = request.top_via
-    if "maddr" in via.params and via.params["maddr"]:
+    if via.params.get("maddr"):
         return Target("udp", via.params["maddr"] or source.host, via.port or 5060)
     host = source.host
     port = source.port if via.wants_rport else (via.port or 5060)
@@ -523,7 +533,17 @@ def _salvage_request(data: bytes) -> Request | None:
     h = Headers()
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if sep and name.strip().lower() in ("via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"):
+        if sep and name.strip().lower() in (
+            "via",
+            "v",
+            "from",
+            "f",
+            "to",
+            "t",
+            "call-id",
+            "i",
+            "cseq",
+        ):
             h.add(name.strip(), value.strip())
     req = Request(method, "sip:invalid", h)
     for field_name in ("via", "from", "to", "call-id", "cseq"):
@@ -531,4 +551,3 @@ def _salvage_request(data: bytes) -> Request | None:
             return None
     req.top_via  # noqa: B018 - raises when even the Via is unreadable
     return req
-

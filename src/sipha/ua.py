@@ -134,7 +134,8 @@ class UserAgent:
         req = incoming.request
         to_tag = req.to.tag
         if to_tag:
-            return self._in_dialog(incoming, to_tag)
+            self._in_dialog(incoming, to_tag)
+            return None
         if req.method == "OPTIONS":
             self.options_requests += 1
             incoming.respond(
@@ -196,7 +197,12 @@ class UserAgent:
         return await resolve_sip_uri(uri)
 
     def build_invite(
-        self, to: URI | str, *, body: bytes = b"", transport: str = "udp", from_user: str | None = None
+        self,
+        to: URI | str,
+        *,
+        body: bytes = b"",
+        transport: str = "udp",
+        from_user: str | None = None,
     ) -> Request:
         to_uri = parse_uri(to) if isinstance(to, str) else to
         local = self.stack.local(transport)

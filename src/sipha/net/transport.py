@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..sip.framing import MAX_MESSAGE_SIZE, KeepAlive, StreamFramer
 from ..sip.errors import ParseError
+from ..sip.framing import MAX_MESSAGE_SIZE, KeepAlive, StreamFramer
 from ..sip.transaction import Target
 from .address import ListenSpec
 
@@ -28,7 +28,9 @@ log = logging.getLogger("sipha.net")
 MessageHandler = Callable[[bytes, Target, ListenSpec], None]
 FailureHandler = Callable[[Target, str], None]
 
-IDLE_TIMEOUT = 300.0  # s; an idle TCP/TLS connection is closed (Kamailio tcp_connection_lifetime-like)
+IDLE_TIMEOUT = (
+    300.0  # s; an idle TCP/TLS connection is closed (Kamailio tcp_connection_lifetime-like)
+)
 CONNECT_TIMEOUT = 10.0  # s; a TCP connect that takes longer is a transport error
 
 
@@ -130,7 +132,9 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.manager._unregister(self, "connection closed" if exc is None else f"connection lost: {exc}")
+        self.manager._unregister(
+            self, "connection closed" if exc is None else f"connection lost: {exc}"
+        )
 
 
 @dataclass
@@ -254,7 +258,9 @@ class TransportManager:
                 ctx = self.ssl_client or ssl.create_default_context()
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Stream(self, spec or ListenSpec(target.transport, "0.0.0.0", 0), target.transport),
+                    lambda: _Stream(
+                        self, spec or ListenSpec(target.transport, "0.0.0.0", 0), target.transport
+                    ),
                     target.host,
                     target.port,
                     ssl=ctx,

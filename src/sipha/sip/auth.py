@@ -22,7 +22,7 @@ from .grammar import quoted_string_end, unquote_string
 from .message import Request, Response
 
 ALGORITHMS: dict[str, Callable[[bytes], str]] = {
-    "MD5": lambda b: hashlib.md5(b).hexdigest(),  # noqa: S324 - the protocol's own hash
+    "MD5": lambda b: hashlib.md5(b).hexdigest(),
     "SHA-256": lambda b: hashlib.sha256(b).hexdigest(),
 }
 PREFERENCE = ("SHA-256", "MD5")  # RFC 8760 §2.4: the stronger algorithm first
@@ -208,13 +208,17 @@ class DigestServer:
         nonce = self.make_nonce(now)
         out = []
         for algorithm in self.algorithms:
-            value = f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"'
+            value = (
+                f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"'
+            )
             if stale:
                 value += ", stale=true"
             out.append(value)
         return out
 
-    def verify(self, request: Request, now: float, lookup: HA1Lookup, *, proxy: bool = False) -> AuthResult:
+    def verify(
+        self, request: Request, now: float, lookup: HA1Lookup, *, proxy: bool = False
+    ) -> AuthResult:
         header = "Proxy-Authorization" if proxy else "Authorization"
         for value in request.headers.get_all(header):
             try:
@@ -226,7 +230,9 @@ class DigestServer:
             return self._check(request, params, now, lookup)
         return AuthResult(AuthOutcome.MISSING, reason="no credentials")
 
-    def _check(self, request: Request, p: dict[str, str], now: float, lookup: HA1Lookup) -> AuthResult:
+    def _check(
+        self, request: Request, p: dict[str, str], now: float, lookup: HA1Lookup
+    ) -> AuthResult:
         user = p.get("username", "")
         algorithm = p.get("algorithm", "MD5")
         if algorithm.removesuffix("-sess") not in self.algorithms or not _supported(algorithm):
@@ -245,7 +251,9 @@ class DigestServer:
         cnonce = p.get("cnonce", "")
         if qop is not None and qop != "auth":
             return AuthResult(AuthOutcome.FAILED, user, f"qop {qop} not offered")
-        expected = _response(algorithm, h1, nonce, request.method, p.get("uri", ""), qop, nc_text, cnonce)
+        expected = _response(
+            algorithm, h1, nonce, request.method, p.get("uri", ""), qop, nc_text, cnonce
+        )
         if not hmac.compare_digest(expected, p.get("response", "")):
             return AuthResult(AuthOutcome.FAILED, user, "wrong credentials")
         if now - issued > self.nonce_ttl:

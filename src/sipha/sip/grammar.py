@@ -132,7 +132,7 @@ def parse_params(text: str, what: str) -> dict[str, str | None]:
     while True:
         # one generic-param starting at i
         j = i
-        while j < n and text[j] not in ";=\"":
+        while j < n and text[j] not in ';="':
             j += 1
         name = text[i:j].strip(WS)
         if not name or not is_token(name):

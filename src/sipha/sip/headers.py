@@ -52,11 +52,14 @@ CANONICAL_NAMES = {name.lower(): name for name in _CANONICAL}
 
 # Fields whose value is a comma-separated list (RFC 3261 §7.3.1 allows splitting these).
 LIST_FIELDS = frozenset(
-    """via contact route record-route path service-route allow supported require
-    proxy-require unsupported accept accept-encoding accept-language allow-events
-    content-encoding content-language in-reply-to alert-info call-info error-info warning
-    reason p-asserted-identity accept-contact reject-contact""".split()
-)
+    {
+        "via", "contact", "route", "record-route", "path", "service-route", "allow",
+        "supported", "require", "proxy-require", "unsupported", "accept", "accept-encoding",
+        "accept-language", "allow-events", "content-encoding", "content-language",
+        "in-reply-to", "alert-info", "call-info", "error-info", "warning", "reason",
+        "p-asserted-identity", "accept-contact", "reject-contact",
+    }
+)  # fmt: skip
 
 # Fields that must appear at most once (RFC 3261 §20 and Table 2).
 SINGLE_FIELDS = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")

@@ -12,6 +12,7 @@ import re
 from typing import ClassVar
 
 from .errors import ParseError
+from .grammar import is_token
 from .headers import (
     CANONICAL_NAMES,
     COMPACT_FORMS,
@@ -24,8 +25,7 @@ from .headers import (
     parse_cseq,
     parse_via,
 )
-from .grammar import is_token
-from .uri import SipURI, URI, parse_uri
+from .uri import URI, SipURI, parse_uri
 
 SIP_VERSION = "SIP/2.0"
 

@@ -29,9 +29,7 @@ class TimerConfig:
             lo, hi = TRANSACTION_TIMEOUT_RANGE_MS
             ms = self.transaction_timeout * 1000
             if not lo <= ms <= hi:
-                raise ValueError(
-                    f"sip_transaction_timeout must be {lo}..{hi} ms, got {ms:g}"
-                )
+                raise ValueError(f"sip_transaction_timeout must be {lo}..{hi} ms, got {ms:g}")
 
     @classmethod
     def with_transaction_timeout_ms(cls, ms: int, **kw: float) -> TimerConfig:

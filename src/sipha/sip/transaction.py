@@ -447,9 +447,8 @@ class TransactionLayer:
         if txn is not None:
             txn.retransmission(now)
             return
-        if request.method == "CANCEL":
-            if self._cancel(request, source, now):
-                return
+        if request.method == "CANCEL" and self._cancel(request, source, now):
+            return
         txn = ServerTransaction(self, request, source, key)
         txn.source = source
         txn.target = source
@@ -523,7 +522,7 @@ class TransactionLayer:
             if txn.is_invite:
                 try:
                     ack_key = _dialog_ack_key(txn.request)
-                except Exception:  # noqa: BLE001 - a request that never validated
+                except Exception:
                     return
                 if self._acks.get(ack_key) is txn:
                     del self._acks[ack_key]

@@ -213,8 +213,10 @@ class TelURI(URI):
     def __str__(self) -> str:
         if self.text:
             return self.text
-        return "tel:" + self.number + "".join(
-            f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items()
+        return (
+            "tel:"
+            + self.number
+            + "".join(f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items())
         )
 
     def __eq__(self, other: object) -> bool:
@@ -256,7 +258,7 @@ def parse_uri(text: str) -> URI:
     if not m:
         raise ParseError(f"URI without a scheme: {text[:40]!r}")
     if _WS_RE.search(text):
-        raise ParseError("white space or <>\" inside a URI")
+        raise ParseError('white space or <>" inside a URI')
     scheme = m.group(1).lower()
     rest = text[m.end() :]
     if scheme in ("sip", "sips"):
@@ -338,7 +340,9 @@ def _parse_tel(rest: str, text: str) -> TelURI:
     return TelURI(number=number, params=params, text=text)
 
 
-def sip_uri(host: str, user: str | None = None, port: int | None = None, **params: str | None) -> SipURI:
+def sip_uri(
+    host: str, user: str | None = None, port: int | None = None, **params: str | None
+) -> SipURI:
     """Build a SIP URI in code (parameters with a ``None`` value are flags, like ``lr``)."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
@@ -355,4 +359,3 @@ __all__ = [
     "parse_uri",
     "sip_uri",
 ]
-
