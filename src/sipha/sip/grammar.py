@@ -115,54 +115,69 @@ def split_list(text: str) -> list[str]:
     return items
 
 
+_PARAM_RE = re.compile(
+    r'[ \t]*;[ \t]*([^;=" \t,<>]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^;" \t,<>]+)[ \t]*)?'
+)
+
+
+# parameter names seen on every message; anything else is checked against the token rule
+_GOOD_NAMES = frozenset(
+    "branch rport received maddr ttl tag lr transport user method expires q ftag "
+    "alias reg-id ob comp sigcomp-id keep +sip.instance".split()
+)
+
+
 def parse_params(text: str, what: str) -> dict[str, str | None]:
     """Parse ``*( SEMI generic-param )``; ``text`` starts at the first ';' (or is empty).
 
     Names are folded to lower case (they compare case-insensitively); values keep their
     text, quoted-strings included, so that serialising gives back what was received.
     """
+    if '"' not in text:
+        return _parse_plain_params(text, what)
     params: dict[str, str | None] = {}
-    text = text.strip()
+    pos = 0
+    end = len(text)
+    match = _PARAM_RE.match
+    while pos < end:
+        m = match(text, pos)
+        if m is None:
+            rest = text[pos:].strip(WS)
+            if not rest:
+                break
+            raise ParseError(f"bad parameter {rest[:20]!r} in {what}")
+        name = m.group(1)
+        if name not in _GOOD_NAMES and not is_token(name):
+            raise ParseError(f"bad parameter name {name[:20]!r} in {what}")
+        params[name.lower()] = m.group(2)
+        pos = m.end()
+    return params
+
+
+_BAD_PLAIN_VALUE = re.compile(r"[ \t,<>=]")
+
+
+def _parse_plain_params(text: str, what: str) -> dict[str, str | None]:
+    """The common case without quoted-strings: split at ';' and '='."""
+    text = text.strip(WS)
     if not text:
-        return params
+        return {}
     if text[0] != ";":
         raise ParseError(f"unexpected text {text[:20]!r} in {what}")
-    i = 1
-    n = len(text)
-    while True:
-        # one generic-param starting at i
-        j = i
-        while j < n and text[j] not in ';="':
-            j += 1
-        name = text[i:j].strip(WS)
-        if not name or not is_token(name):
-            raise ParseError(f"bad parameter name {name!r} in {what}")
-        value: str | None = None
-        if j < n and text[j] == "=":
-            k = j + 1
-            while k < n and text[k] in WS:
-                k += 1
-            if k < n and text[k] == '"':
-                end = quoted_string_end(text, k)
-                value = text[k:end]
-                j = end
-                while j < n and text[j] in WS:
-                    j += 1
-                if j < n and text[j] != ";":
-                    raise ParseError(f"text after quoted parameter value in {what}")
-            else:
-                j = k
-                while j < n and text[j] != ";":
-                    j += 1
-                value = text[k:j].strip(WS)
-                if not value or any(c in value for c in ' \t"<>,'):
-                    raise ParseError(f"bad value for parameter {name!r} in {what}")
-        elif j < n and text[j] == '"':
-            raise ParseError(f"stray quote in {what}")
-        params[name.lower()] = value
-        if j >= n:
-            return params
-        i = j + 1  # skip ';'
+    params: dict[str, str | None] = {}
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        name = name.strip(WS)
+        if name not in _GOOD_NAMES and not is_token(name):
+            raise ParseError(f"bad parameter name {name[:20]!r} in {what}")
+        if eq:
+            value = value.strip(WS)
+            if not value or _BAD_PLAIN_VALUE.search(value):
+                raise ParseError(f"bad value for parameter {name!r} in {what}")
+            params[name.lower()] = value
+        else:
+            params[name.lower()] = None
+    return params
 
 
 def format_params(params: dict[str, str | None]) -> str:

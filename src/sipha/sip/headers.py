@@ -8,9 +8,9 @@ and cached until the field is changed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, overload
 
 from .errors import ParseError
 from .grammar import (
@@ -66,6 +66,8 @@ SINGLE_FIELDS = ("from", "to", "call-id", "cseq", "max-forwards", "content-type"
 
 MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5
 
+T = TypeVar("T")
+
 
 def header_key(name: str) -> str:
     """Canonical lookup key of a header name: lower case, compact form expanded."""
@@ -76,13 +78,23 @@ def header_key(name: str) -> str:
 
 
 class Headers:
-    """Ordered multi-map of header fields with case-insensitive names."""
+    """Ordered multi-map of header fields with case-insensitive names.
 
-    __slots__ = ("_cache", "_items")
+    Kept as three parallel lists (lookup key, name as written, value) so that finding a
+    field is a C-level ``list.index`` on the keys.
+    """
 
-    def __init__(self, items: list[tuple[str, str, str]] | None = None) -> None:
-        # each item: (key, name as written out, value)
-        self._items: list[tuple[str, str, str]] = items if items is not None else []
+    __slots__ = ("_cache", "_keys", "_names", "_values")
+
+    def __init__(
+        self,
+        keys: list[str] | None = None,
+        names: list[str] | None = None,
+        values: list[str] | None = None,
+    ) -> None:
+        self._keys: list[str] = keys if keys is not None else []
+        self._names: list[str] = names if names is not None else []
+        self._values: list[str] = values if values is not None else []
         self._cache: dict[str, object] = {}
 
     @classmethod
@@ -95,114 +107,186 @@ class Headers:
     # -- reading -------------------------------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of a field (the whole field text, not split)."""
-        key = header_key(name)
-        for k, _, v in self._items:
-            if k == key:
-                return v
-        return default
+        value = self.first(header_key(name))
+        return default if value is None else value
+
+    def first(self, key: str) -> str | None:
+        """``get`` for a key already in canonical form (lower case, long name)."""
+        try:
+            return self._values[self._keys.index(key)]
+        except ValueError:
+            return None
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a field, comma-separated lists split where RFC 3261 allows."""
         key = header_key(name)
-        values = [v for k, _, v in self._items if k == key]
+        keys = self._keys
+        n = keys.count(key)
+        if not n:
+            return []
+        first = keys.index(key)
+        if n == 1:
+            values = [self._values[first]]
+        else:
+            values = [v for k, v in zip(keys[first:], self._values[first:], strict=True) if k == key]
         if key in LIST_FIELDS:
-            out: list[str] = []
-            for v in values:
-                if v:
-                    out.extend(split_list(v))
-            return out
+            if any("," in v or not v for v in values):
+                out: list[str] = []
+                for v in values:
+                    if v:
+                        out.extend(split_list(v))
+                return out
         return values
 
     def count(self, name: str) -> int:
-        key = header_key(name)
-        return sum(1 for k, _, _ in self._items if k == key)
+        return self._keys.count(header_key(name))
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        key = header_key(name)
-        return any(k == key for k, _, _ in self._items)
+        return isinstance(name, str) and header_key(name) in self._keys
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        for _, name, value in self._items:
-            yield name, value
+        return iter(zip(self._names, self._values, strict=True))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._keys)
 
     # -- changing ------------------------------------------------------------------------
-    def _entry(self, name: str, value: str) -> tuple[str, str, str]:
+    def _entry(self, name: str, value: str) -> tuple[str, str]:
         key = header_key(name)
         self._cache.pop(key, None)
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name} value contains CR or LF")
-        return key, CANONICAL_NAMES.get(key, name), value
+        return key, CANONICAL_NAMES.get(key, name)
+
+    def _insert(self, i: int, key: str, name: str, value: str) -> None:
+        self._keys.insert(i, key)
+        self._names.insert(i, name)
+        self._values.insert(i, value)
+
+    def _delete(self, i: int) -> None:
+        del self._keys[i], self._names[i], self._values[i]
 
     def add(self, name: str, value: str) -> None:
-        self._items.append(self._entry(name, value))
+        key, written = self._entry(name, value)
+        self._keys.append(key)
+        self._names.append(written)
+        self._values.append(value)
 
     def add_first(self, name: str, value: str) -> None:
         """Insert before the first field of that name (or at the top): Via, Record-Route."""
-        entry = self._entry(name, value)
-        for i, (k, _, _) in enumerate(self._items):
-            if k == entry[0]:
-                self._items.insert(i, entry)
-                return
-        self._items.insert(0, entry)
+        key, written = self._entry(name, value)
+        try:
+            i = self._keys.index(key)
+        except ValueError:
+            i = 0
+        self._insert(i, key, written, value)
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of that name by one field, kept at the first one's place."""
-        entry = self._entry(name, value)
-        for i, (k, _, _) in enumerate(self._items):
-            if k == entry[0]:
-                self._items[i] = entry
-                self._items[i + 1 :] = [it for it in self._items[i + 1 :] if it[0] != k]
-                return
-        self._items.append(entry)
+        key, written = self._entry(name, value)
+        try:
+            i = self._keys.index(key)
+        except ValueError:
+            self.add(name, value)
+            return
+        self._names[i] = written
+        self._values[i] = value
+        j = len(self._keys) - 1
+        while j > i:
+            if self._keys[j] == key:
+                self._delete(j)
+            j -= 1
 
     def remove(self, name: str) -> int:
         key = header_key(name)
         self._cache.pop(key, None)
-        before = len(self._items)
-        self._items = [it for it in self._items if it[0] != key]
-        return before - len(self._items)
+        removed = 0
+        while key in self._keys:
+            self._delete(self._keys.index(key))
+            removed += 1
+        return removed
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove the first element of a (list) field: a proxy popping its own Route."""
         key = header_key(name)
-        for i, (k, n, v) in enumerate(self._items):
-            if k == key:
-                self._cache.pop(key, None)
-                parts = split_list(v) if key in LIST_FIELDS else [v]
-                if len(parts) > 1:
-                    self._items[i] = (k, n, ", ".join(parts[1:]))
-                else:
-                    del self._items[i]
-                return parts[0]
-        return None
+        try:
+            i = self._keys.index(key)
+        except ValueError:
+            return None
+        self._cache.pop(key, None)
+        v = self._values[i]
+        parts = split_list(v) if key in LIST_FIELDS else [v]
+        if len(parts) > 1:
+            self._values[i] = ", ".join(parts[1:])
+        else:
+            self._delete(i)
+        return parts[0]
 
     def set_first_value(self, name: str, value: str) -> None:
         """Replace the first element of a (list) field: a stamped Via, a rewritten Route."""
         key = header_key(name)
-        for i, (k, n, v) in enumerate(self._items):
-            if k == key:
-                self._cache.pop(key, None)
-                parts = split_list(v) if key in LIST_FIELDS else [v]
-                parts[0] = value
-                self._items[i] = (k, n, ", ".join(parts))
-                return
-        self.add(name, value)
+        try:
+            i = self._keys.index(key)
+        except ValueError:
+            self.add(name, value)
+            return
+        self._cache.pop(key, None)
+        parts = split_list(self._values[i]) if key in LIST_FIELDS else [self._values[i]]
+        parts[0] = value
+        self._values[i] = ", ".join(parts)
 
     def copy(self) -> Headers:
-        return Headers(list(self._items))
+        return Headers(list(self._keys), list(self._names), list(self._values))
 
     def serialize_into(self, out: list[str]) -> None:
-        for key, name, value in self._items:
+        for key, name, value in zip(self._keys, self._names, self._values, strict=True):
             if key != "content-length":
                 out.append(f"{name}: {value}\r\n")
 
 
 # -- typed values -------------------------------------------------------------------------
+
+
+class LazyList(Sequence[T]):
+    """A list whose elements are parsed from their text on first access.
+
+    A proxy or a transaction layer reads the top Via on every message and the others
+    rarely; parsing them only when asked keeps the hot path short.
+    """
+
+    __slots__ = ("_items", "_parse", "_raw")
+
+    def __init__(self, raw: list[str], parse: Callable[[str], T]) -> None:
+        self._raw = raw
+        self._parse = parse
+        self._items: list[T | None] = [None] * len(raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._raw)))]
+        item = self._items[index]
+        if item is None:
+            item = self._items[index] = self._parse(self._raw[index])
+        return item
+
+    def __iter__(self) -> Iterator[T]:
+        for i in range(len(self._raw)):
+            yield self[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 class CSeq(NamedTuple):
@@ -211,6 +295,14 @@ class CSeq(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
+
+
+_new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
+
+_METHODS_SEEN = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
+    "MESSAGE UPDATE".split()
+)
 
 
 def parse_cseq(text: str) -> CSeq:
@@ -222,9 +314,9 @@ def parse_cseq(text: str) -> CSeq:
         raise ParseError("CSeq number is not a number")
     if len(num) > 10 or int(num) > MAX_CSEQ:
         raise ParseError("CSeq number larger than 2**31-1")
-    if not is_token(method):
+    if method not in _METHODS_SEEN and not is_token(method):
         raise ParseError("CSeq method is not a token")
-    return CSeq(int(num), method)
+    return _new_cseq(CSeq, (int(num), method))
 
 
 _VIA_RE = re.compile(
@@ -278,14 +370,12 @@ def parse_via(text: str) -> Via:
         raise ParseError(f"Via with SIP version {version}", status=505)
     host, port = parse_hostport(hostport, "Via sent-by")
     params = parse_params(text[m.end() :], "Via")
-    for name in ("ttl", "rport"):
-        value = params.get(name)
-        if value is not None and (not value.isdigit() or int(value) > 65535):
-            raise ParseError(f"bad Via {name} value")
-    received = params.get("received")
-    if received is not None and not received:
-        raise ParseError("empty Via received")
-    return Via(transport=transport.upper(), host=host, port=port, params=params)
+    if "ttl" in params or "rport" in params:
+        for name in ("ttl", "rport"):
+            value = params.get(name)
+            if value is not None and (not value.isdigit() or int(value) > 65535):
+                raise ParseError(f"bad Via {name} value")
+    return Via(transport.upper(), host, port, params)
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from .headers import (
     Address,
     CSeq,
     Headers,
+    LazyList,
     Via,
     parse_address,
     parse_cseq,
@@ -59,6 +60,11 @@ _DATE_RE = re.compile(
 
 _MISSING = object()
 
+KNOWN_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
+    "MESSAGE UPDATE".split()
+)
+
 
 def reason_phrase(status: int) -> str:
     return REASON_PHRASES.get(status, "Unknown")
@@ -94,18 +100,18 @@ class Message:
     def cseq(self) -> CSeq:
         cached = self._typed("cseq")
         if cached is _MISSING:
-            value = self.headers.get("cseq")
+            value = self.headers.first("cseq")
             if value is None:
                 raise ParseError("missing CSeq")
             self.headers._cache["cseq"] = cached = parse_cseq(value)
         return cached  # type: ignore[return-value]
 
     @property
-    def via(self) -> list[Via]:
-        """Every Via, top first."""
+    def via(self) -> LazyList[Via]:
+        """Every Via, top first (each parsed when first read)."""
         cached = self._typed("via")
         if cached is _MISSING:
-            cached = [parse_via(v) for v in self.headers.get_all("via")]
+            cached = LazyList(self.headers.get_all("via"), parse_via)
             self.headers._cache["via"] = cached
         return cached  # type: ignore[return-value]
 
@@ -342,7 +348,7 @@ def make_response(
 # -- parsing ----------------------------------------------------------------------------
 
 
-def _parse_start_line(line: str) -> Request | Response:
+def _parse_start_line(line: str, headers: Headers) -> Request | Response:
     if line.startswith("SIP/") or line[:4].upper() == "SIP/":
         parts = line.split(" ", 2)
         if len(parts) < 3:
@@ -355,12 +361,12 @@ def _parse_start_line(line: str) -> Request | Response:
             raise ParseError(f"unsupported version {version}", status=505)
         if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
             raise ParseError(f"bad status code {code[:12]!r}")
-        return Response(int(code), reason)
+        return Response(int(code), reason, headers)
     parts = line.split(" ")
     if len(parts) != 3:
         raise ParseError("request line must be METHOD SP Request-URI SP SIP/2.0")
     method, uri, version = parts
-    if not method or not is_token(method):
+    if method not in KNOWN_METHODS and not is_token(method):
         raise ParseError("request method is not a token")
     if not uri or uri[0] == "<":
         raise ParseError("Request-URI must not be in <>")
@@ -368,7 +374,7 @@ def _parse_start_line(line: str) -> Request | Response:
         if version[:4].upper() == "SIP/":
             raise ParseError(f"unsupported version {version}", status=505)
         raise ParseError("request line must end in SIP/2.0")
-    return Request(method, uri)
+    return Request(method, uri, headers)
 
 
 def parse(data: bytes, *, datagram: bool = True) -> Request | Response:
@@ -389,41 +395,36 @@ def parse(data: bytes, *, datagram: bool = True) -> Request | Response:
             raise ParseError("no empty line after the header fields")
         body_start = end + 2
     head = data[:end].decode("utf-8", "surrogateescape")
-    if "\r" in head:
-        head = head.replace("\r\n", "\n")
-    lines = head.split("\n")
-    msg = _parse_start_line(lines[0])
-    if len(lines) > 1 and (lines[1][:1] in (" ", "\t")):
-        raise ParseError("continuation line right after the start line")
+    lines = head.split("\r\n")
+    crlf = len(lines) - 1
+    if head.count("\n") != crlf:
+        head = head.replace("\r\n", "\n").replace("\n", "\r\n")  # bare LF line ends
+        lines = head.split("\r\n")
+        crlf = len(lines) - 1
+    if head.count("\r") != crlf:
+        raise ParseError("bare CR in the header section")
     if "\n " in head or "\n\t" in head:
-        lines = _unfold(lines)
-    items: list[tuple[str, str, str]] = []
-    append = items.append
-    compact = COMPACT_FORMS
-    canonical = CANONICAL_NAMES
-    clen: str | None = None
-    for line in lines[1:]:
-        colon = line.find(":")
-        if colon <= 0:
-            raise ParseError(f"header line without name and colon: {line[:30]!r}")
-        name = line[:colon]
-        if name[-1] in " \t":
-            name = name.rstrip(" \t")
-        key = name.lower()
-        if len(key) == 1:
-            key = compact.get(key, key)
-        canon = canonical.get(key)
-        if canon is None:
-            if not is_token(name):
-                raise ParseError(f"bad header name {name[:30]!r}")
-            canon = name
-        value = line[colon + 1 :].strip(" \t")
-        if key == "content-length":
-            if clen is not None:
-                raise ParseError("more than one Content-Length")
-            clen = value
-        append((key, canon, value))
-    msg.headers = Headers(items)
+        if lines[1][:1] in (" ", "\t"):
+            raise ParseError("continuation line right after the start line")
+        head = _FOLD_RE.sub(" ", head)  # RFC 3261 §7.3.1: LWS folding becomes one SP
+        lines = head.split("\r\n")
+    start = lines[0]
+    # each header line splits at its first colon; the name cache is keyed by the name
+    # with its colon, so a line without one misses it and gets the strict check
+    parts = [line.partition(":") for line in lines[1:]]
+    names = _NAME_CACHE
+    try:
+        entries = [names[n + c] for n, c, _ in parts]
+    except KeyError:
+        entries = [_name_entry(n, c) for n, c, _ in parts]
+    values = [v.strip(" \t") for _, _, v in parts]
+    keys = [e[0] for e in entries]
+    headers = Headers(keys, [e[1] for e in entries], values)
+    msg = _parse_start_line(start, headers)
+    n_clen = keys.count("content-length")
+    if n_clen > 1:
+        raise ParseError("more than one Content-Length")
+    clen = values[keys.index("content-length")] if n_clen else None
     available = len(data) - body_start
     if clen is None:
         if not datagram:
@@ -439,14 +440,31 @@ def parse(data: bytes, *, datagram: bool = True) -> Request | Response:
     return msg
 
 
-def _unfold(lines: list[str]) -> list[str]:
-    out = [lines[0]]
-    for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
-            out[-1] = out[-1].rstrip(" \t") + " " + line.strip(" \t")
-        else:
-            out.append(line)
-    return out
+_FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
+_NAME_CACHE: dict[str, tuple[str, str]] = {}
+_NAME_CACHE_MAX = 2048  # names seen; bounded so a peer inventing names cannot grow it
+
+
+def _name_entry(raw: str, colon: str) -> tuple[str, str]:
+    """(lookup key, name to write) for a header name as received; validates the line."""
+    if not colon or not raw.strip(" \t"):
+        raise ParseError(f"header line without name and colon: {raw[:30]!r}")
+    cached = _NAME_CACHE.get(raw + colon)
+    if cached is not None:
+        return cached
+    name = raw.rstrip(" \t")
+    key = name.lower()
+    if len(key) == 1:
+        key = COMPACT_FORMS.get(key, key)
+    canon = CANONICAL_NAMES.get(key)
+    if canon is None:
+        if not is_token(name):
+            raise ParseError(f"bad header name {name[:30]!r}")
+        canon = name
+    entry = (key, canon)
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[raw + colon] = entry
+    return entry
 
 
 __all__ = [

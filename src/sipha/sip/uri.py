@@ -6,6 +6,7 @@ written back byte for byte; ``replace()`` builds a changed copy that serialises 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -50,8 +51,12 @@ def _valid_ipv6(ref: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_hostport(text: str, what: str) -> tuple[str, int | None]:
-    """Split ``host[:port]``; IPv6 references keep their brackets in the host."""
+    """Split ``host[:port]``; IPv6 references keep their brackets in the host.
+
+    Cached: the same few peers' addresses appear in nearly every message.
+    """
     if not text:
         raise ParseError(f"missing host in {what}")
     if text[0] == "[":
@@ -68,10 +73,11 @@ def parse_hostport(text: str, what: str) -> tuple[str, int | None]:
             raise ParseError(f"text after IPv6 reference in {what}")
         return host, _port(rest[1:], what)
     host, sep, port_text = text.partition(":")
-    if not (_HOSTNAME_RE.match(host) or _IPV4_RE.match(host)):
+    if _IPV4_RE.match(host):
+        if any(int(p) > 255 for p in host.split(".")):
+            raise ParseError(f"bad IPv4 address {host} in {what}")
+    elif not _HOSTNAME_RE.match(host):
         raise ParseError(f"bad host {host!r} in {what}")
-    if _IPV4_RE.match(host) and any(int(p) > 255 for p in host.split(".")):
-        raise ParseError(f"bad IPv4 address {host} in {what}")
     return host, (_port(port_text, what) if sep else None)
 
 
