@@ -154,7 +154,7 @@ def parse_params(text: str, what: str) -> dict[str, str | None]:
     return params
 
 
-_BAD_PLAIN_VALUE = re.compile(r"[ \t,<>=]")
+_BAD_PLAIN_VALUE = re.compile(r"[ \t,<>=]")  # not in token / host / quoted-string values
 
 
 def _parse_plain_params(text: str, what: str) -> dict[str, str | None]:
@@ -165,18 +165,22 @@ def _parse_plain_params(text: str, what: str) -> dict[str, str | None]:
     if text[0] != ";":
         raise ParseError(f"unexpected text {text[:20]!r} in {what}")
     params: dict[str, str | None] = {}
+    spaced = " " in text or "\t" in text
     for item in text[1:].split(";"):
         name, eq, value = item.partition("=")
-        name = name.strip(WS)
-        if name not in _GOOD_NAMES and not is_token(name):
-            raise ParseError(f"bad parameter name {name[:20]!r} in {what}")
-        if eq:
+        if spaced:
+            name = name.strip(WS)
             value = value.strip(WS)
+        if name not in _GOOD_NAMES:
+            if not is_token(name):
+                raise ParseError(f"bad parameter name {name[:20]!r} in {what}")
+            name = name.lower()
+        if eq:
             if not value or _BAD_PLAIN_VALUE.search(value):
                 raise ParseError(f"bad value for parameter {name!r} in {what}")
-            params[name.lower()] = value
+            params[name] = value
         else:
-            params[name.lower()] = None
+            params[name] = None
     return params
 
 
