@@ -4,10 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-# Debian packages the tests drive as real peers (binary:package).
-TEST_DEBS := sipp:sip-tester
+# Debian packages the tests and benchmarks drive as real peers (binary:package).
+TEST_DEBS  := sipp:sip-tester openssl:openssl
+BENCH_DEBS := $(TEST_DEBS) kamailio:kamailio
 
-.PHONY: demo test lint unit bench deps clean
+.PHONY: demo test lint bench deps debs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-deps:
-	@missing=""; for pair in $(TEST_DEBS); do \
+# Install the Debian packages in DEBS whose binary is missing (one apt-get update first).
+debs:
+	@missing=""; for pair in $(DEBS); do \
 	  bin=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -25,18 +27,22 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+deps:
+	@$(MAKE) --no-print-directory debs DEBS="$(TEST_DEBS)"
+
 demo: $(STAMP)
 	$(VENV)/bin/sipha demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy
 
 test: $(STAMP) deps lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP) deps
-	$(PY) -m pip install -q -e '.[bench]' || true
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory debs DEBS="$(BENCH_DEBS)"
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/parse.py
 	$(PY) bench/transactions.py
 

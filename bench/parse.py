@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import warnings
 import importlib.util
 import time
+import warnings
 from collections.abc import Callable
 
 FULL = (
@@ -28,7 +28,8 @@ FULL = (
     b"Max-Forwards: 68\r\n"
     b'From: "Alice Example" <sip:+14155550100@example.com;user=phone>;tag=as4c1b55e2\r\n'
     b"To: <sip:ivr@example.com>\r\n"
-    b"Contact: <sip:+14155550100@192.0.2.1:5060;transport=tcp>;expires=3600;+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\"\r\n"
+    b"Contact: <sip:+14155550100@192.0.2.1:5060;transport=tcp>;expires=3600;"
+    b'+sip.instance="<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>"\r\n'
     b"Call-ID: 3c26700857e0-gnn3p4d6b0pu@192.0.2.1\r\n"
     b"CSeq: 102 INVITE\r\n"
     b"User-Agent: ExampleUA/1.2\r\n"
@@ -112,8 +113,8 @@ def pysipio_reader() -> Reader:
 
 def pyvoip_reader() -> Reader:
     import pyVoIP  # noqa: F401 - importing the package first avoids its circular import
-    from pyVoIP.VoIP import VoIP  # noqa: F401
     from pyVoIP.SIP import SIPMessage
+    from pyVoIP.VoIP import VoIP  # noqa: F401
 
     def read(data: bytes) -> tuple[str, int, str]:
         m = SIPMessage(data)
@@ -157,7 +158,9 @@ def check(read: Reader, data: bytes) -> str | None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=1.0, help="time per batch x10 (default 1)")
     ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     args = ap.parse_args()
@@ -190,7 +193,9 @@ def main() -> int:
             gc.collect()
             best[key] = max(best[key], timed(read, data, n))
     for name, _, _ in PEERS:
-        rows.append((name, best.get((name, "full")), best.get((name, "compact")), "; ".join(notes[name])))
+        rows.append(
+            (name, best.get((name, "full")), best.get((name, "compact")), "; ".join(notes[name]))
+        )
     sipha_full = rows[0][1] or 1.0
     best_peer = max((r[1] for r in rows[1:] if r[1]), default=None)
     print(f"{'parser':<12} {'full msg/s':>12} {'compact msg/s':>14} {'vs sipha':>9}  notes")

@@ -91,8 +91,12 @@ async def run_kamailio(rates: list[int], seconds: float) -> int | None:
 
 
 async def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", default=",".join(map(str, DEFAULT_RATES)), help="comma-separated rates")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--rates", default=",".join(map(str, DEFAULT_RATES)), help="comma-separated rates"
+    )
     ap.add_argument("--step-seconds", type=float, default=3.0, help="seconds per rate (default 3)")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]

@@ -20,7 +20,12 @@ def test_help_lists_commands() -> None:
 
 
 def test_bad_arguments_exit_2_with_one_line() -> None:
-    for args in (["demo", "--calls", "0"], ["demo", "--calls", "x"], ["nope"], ["demo", "--transport", "sctp"]):
+    for args in (
+        ["demo", "--calls", "0"],
+        ["demo", "--calls", "x"],
+        ["nope"],
+        ["demo", "--transport", "sctp"],
+    ):
         out = sipha(*args)
         assert out.returncode == 2, args
         assert "Traceback" not in out.stderr

@@ -30,7 +30,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "and a failover-aware endpoint SDK.",
     )
     p.add_argument("--version", action="version", version=f"sipha {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
@@ -65,7 +67,10 @@ async def _demo(calls: int, transport: str) -> int:
     from .ua import InboundCall, UserAgent, simple_sdp
 
     console = Console()
-    async with SipStack([f"{transport}:127.0.0.1:0"]) as a, SipStack([f"{transport}:127.0.0.1:0"]) as b:
+    async with (
+        SipStack([f"{transport}:127.0.0.1:0"]) as a,
+        SipStack([f"{transport}:127.0.0.1:0"]) as b,
+    ):
 
         async def on_invite(call: InboundCall) -> None:
             call.ring()

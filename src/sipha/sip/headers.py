@@ -128,14 +128,15 @@ class Headers:
         if n == 1:
             values = [self._values[first]]
         else:
-            values = [v for k, v in zip(keys[first:], self._values[first:], strict=True) if k == key]
-        if key in LIST_FIELDS:
-            if any("," in v or not v for v in values):
-                out: list[str] = []
-                for v in values:
-                    if v:
-                        out.extend(split_list(v))
-                return out
+            values = [
+                v for k, v in zip(keys[first:], self._values[first:], strict=True) if k == key
+            ]
+        if key in LIST_FIELDS and any("," in v or not v for v in values):
+            out: list[str] = []
+            for v in values:
+                if v:
+                    out.extend(split_list(v))
+            return out
         return values
 
     def count(self, name: str) -> int:
@@ -299,7 +300,7 @@ class CSeq(NamedTuple):
 
 _new_cseq = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
-_METHODS_SEEN = frozenset(
+KNOWN_METHODS = frozenset(
     "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
     "MESSAGE UPDATE".split()
 )
@@ -314,7 +315,7 @@ def parse_cseq(text: str) -> CSeq:
         raise ParseError("CSeq number is not a number")
     if len(num) > 10 or int(num) > MAX_CSEQ:
         raise ParseError("CSeq number larger than 2**31-1")
-    if method not in _METHODS_SEEN and not is_token(method):
+    if method not in KNOWN_METHODS and not is_token(method):
         raise ParseError("CSeq method is not a token")
     return _new_cseq(CSeq, (int(num), method))
 

@@ -16,6 +16,7 @@ from .grammar import is_token
 from .headers import (
     CANONICAL_NAMES,
     COMPACT_FORMS,
+    KNOWN_METHODS,
     SINGLE_FIELDS,
     Address,
     CSeq,
@@ -59,11 +60,6 @@ _DATE_RE = re.compile(
 )
 
 _MISSING = object()
-
-KNOWN_METHODS = frozenset(
-    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
-    "MESSAGE UPDATE".split()
-)
 
 
 def reason_phrase(status: int) -> str:

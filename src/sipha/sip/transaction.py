@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
+from .errors import ParseError
 from .headers import Headers
 from .ids import MAGIC_COOKIE
 from .message import Message, Request, Response, make_response
@@ -522,7 +523,7 @@ class TransactionLayer:
             if txn.is_invite:
                 try:
                     ack_key = _dialog_ack_key(txn.request)
-                except Exception:
+                except ParseError:  # a request that never validated awaits no ACK
                     return
                 if self._acks.get(ack_key) is txn:
                     del self._acks[ack_key]
