@@ -365,19 +365,13 @@ class SipStack:
         elif isinstance(event, TransactionTimeout):
             txn = event.transaction
             if isinstance(txn, ClientTransaction):
-                pending = txn.owner
-                if isinstance(pending, _Pending) and not pending.future.done():
-                    pending.future.set_exception(TransactionTimeoutError(txn.request, txn.target))
+                _fail(txn, TransactionTimeoutError(txn.request, txn.target))
             elif isinstance(txn, ServerTransaction) and self.server_timeout_handler is not None:
                 self.server_timeout_handler(txn)
         elif isinstance(event, TransportError):
             txn = event.transaction
             if isinstance(txn, ClientTransaction):
-                pending = txn.owner
-                if isinstance(pending, _Pending) and not pending.future.done():
-                    pending.future.set_exception(
-                        TransportFailure(txn.request, txn.target, event.reason)
-                    )
+                _fail(txn, TransportFailure(txn.request, txn.target, event.reason))
         elif isinstance(event, RequestReceived):
             incoming = IncomingRequest(self, event.request, event.source, event.transaction)
             if event.transaction is not None:
@@ -488,6 +482,12 @@ class SipStack:
         if not isinstance(uri, SipURI):
             raise ValueError(f"cannot send to a {uri.scheme}: URI")
         return await resolve_sip_uri(uri)
+
+
+def _fail(txn: ClientTransaction, exc: Exception) -> None:
+    pending = txn.owner
+    if isinstance(pending, _Pending) and not pending.future.done():
+        pending.future.set_exception(exc)
 
 
 async def resolve_sip_uri(uri: SipURI) -> Target:

@@ -251,22 +251,15 @@ class ClientTransaction(Transaction):
             self._terminate()
 
     def make_ack(self, response: Response) -> Request:
-        """ACK for a non-2xx final response, RFC 3261 §17.1.1.3."""
-        req = self.request
-        h = Headers()
-        h.add("Via", str(req.top_via))
-        for name, value in req.headers:
-            if name.lower() == "route":
-                h.add("Route", value)
-        h.add("Max-Forwards", "70")
-        h.add("From", req.headers.get("from") or "")
-        h.add("To", response.headers.get("to") or "")
-        h.add("Call-ID", req.call_id)
-        h.add("CSeq", f"{req.cseq.number} ACK")
-        return Request("ACK", req.uri_text, h)
+        """ACK for a non-2xx final response, RFC 3261 §17.1.1.3 (To from the response)."""
+        return self._same_hop("ACK", response.headers.get("to") or "")
 
     def make_cancel(self) -> Request:
         """CANCEL for this INVITE, RFC 3261 §9.1 (same branch, so it matches downstream)."""
+        return self._same_hop("CANCEL", self.request.headers.get("to") or "")
+
+    def _same_hop(self, method: str, to: str) -> Request:
+        """A request that follows the INVITE hop by hop: its top Via, Route set and CSeq."""
         req = self.request
         h = Headers()
         h.add("Via", str(req.top_via))
@@ -275,10 +268,10 @@ class ClientTransaction(Transaction):
                 h.add("Route", value)
         h.add("Max-Forwards", "70")
         h.add("From", req.headers.get("from") or "")
-        h.add("To", req.headers.get("to") or "")
+        h.add("To", to)
         h.add("Call-ID", req.call_id)
-        h.add("CSeq", f"{req.cseq.number} CANCEL")
-        return Request("CANCEL", req.uri_text, h)
+        h.add("CSeq", f"{req.cseq.number} {method}")
+        return Request(method, req.uri_text, h)
 
 
 class ServerTransaction(Transaction):
