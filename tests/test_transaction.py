@@ -304,3 +304,17 @@ def test_stray_response_is_reported() -> None:
     layer = TransactionLayer()
     layer.receive_response(response_to(request(), 200), UDP, 0.0)
     assert isinstance(layer.drain()[0], StrayResponse)
+
+
+def test_response_target_rfc3261_18_2_2_and_rfc3581() -> None:
+    from sipha.sip.transaction import response_target
+
+    src = Target("udp", "192.0.2.7", 40000)
+    plain = request("OPTIONS")  # Via: 127.0.0.1:5070, no rport
+    assert response_target(plain, src) == Target("udp", "192.0.2.7", 5070)
+    plain.headers.set("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKr;rport")
+    assert response_target(plain, src) == Target("udp", "192.0.2.7", 40000)
+    plain.headers.set("Via", "SIP/2.0/UDP host.example;branch=z9hG4bKr")
+    assert response_target(plain, src) == Target("udp", "192.0.2.7", 5060)
+    tcp = Target("tcp", "192.0.2.7", 40001)
+    assert response_target(plain, tcp) == tcp  # the connection the request came on

@@ -41,6 +41,7 @@ from .sip.transaction import (
     TransactionTerminated,
     TransactionTimeout,
     TransportError,
+    response_target,
 )
 from .sip.uri import SipURI
 
@@ -505,22 +506,6 @@ async def resolve_sip_uri(uri: SipURI) -> Target:
     if not infos:
         raise OSError(f"cannot resolve {bare}")
     return Target(transport, str(infos[0][4][0]), port)
-
-
-def response_target(request: Request, source: Target) -> Target:
-    """Where a response goes, RFC 3261 §18.2.2 with RFC 3581.
-
-    Reliable transports answer over the connection the request came on; UDP answers to
-    the received address, at the rport if the client asked for it, else the sent-by port.
-    """
-    if source.reliable:
-        return source
-    via = request.top_via
-    if via.params.get("maddr"):
-        return Target("udp", via.params["maddr"] or source.host, via.port or 5060)
-    host = source.host
-    port = source.port if via.wants_rport else (via.port or 5060)
-    return Target("udp", host, port)
 
 
 def _salvage_request(data: bytes) -> Request | None:

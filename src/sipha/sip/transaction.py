@@ -370,6 +370,22 @@ class ServerTransaction(Transaction):
 # -- the layer ----------------------------------------------------------------------------
 
 
+def response_target(request: Request, source: Target) -> Target:
+    """Where a response goes, RFC 3261 §18.2.2 with RFC 3581.
+
+    Reliable transports answer over the connection the request came on; UDP answers to
+    the received address, at the rport if the client asked for it, else the sent-by port.
+    """
+    if source.reliable:
+        return source
+    via = request.top_via
+    if via.params.get("maddr"):
+        return Target("udp", via.params["maddr"] or source.host, via.port or 5060)
+    host = source.host
+    port = source.port if via.wants_rport else (via.port or 5060)
+    return Target("udp", host, port)
+
+
 def _server_key(request: Request) -> tuple[str, ...]:
     """RFC 3261 §17.2.3 matching key (ACK matches its INVITE)."""
     via = request.top_via
@@ -443,9 +459,8 @@ class TransactionLayer:
             return
         if request.method == "CANCEL" and self._cancel(request, source, now):
             return
-        txn = ServerTransaction(self, request, source, key)
+        txn = ServerTransaction(self, request, response_target(request, source), key)
         txn.source = source
-        txn.target = source
         self.server[key] = txn
         txn.start(now, self.auto_trying)
         self.events.append(RequestReceived(txn, request, source))
@@ -457,7 +472,7 @@ class TransactionLayer:
         if invite is None or invite.final_sent:
             return False  # the TU answers it (481 or 200 after the fact)
         key = _server_key(cancel)
-        txn = ServerTransaction(self, cancel, source, key)
+        txn = ServerTransaction(self, cancel, response_target(cancel, source), key)
         txn.source = source
         self.server[key] = txn
         txn.start(now, False)
