@@ -45,7 +45,60 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--transport", choices=("udp", "tcp"), default="udp", help="transport (default udp)"
     )
+
+    app = sub.add_parser(
+        "appserver",
+        help="run the application server (foreground; SIGTERM drains, SIGHUP reloads)",
+        description="Run the application server in the foreground, logging to stderr. "
+        "OPTIONS answers and INVITE admission follow the config's [options]/[invite] rules; "
+        "the config file is reloaded within a second of being written, and on SIGHUP. "
+        "SIGTERM stops taking calls (maintenance code), waits up to server.shutdown_grace "
+        "for calls in progress, then exits 0.",
+    )
+    app.add_argument("-c", "--config", required=True, metavar="FILE", help="appserver TOML file")
+
+    ctl = sub.add_parser(
+        "ctl",
+        help="talk to a running role's admin API: status, drain, undrain",
+        description="Talk to the admin API of a running appserver (or edge).",
+    )
+    ctl.add_argument(
+        "--admin",
+        default="http://127.0.0.1:8080",
+        metavar="URL",
+        help="admin API base URL (default http://127.0.0.1:8080)",
+    )
+    ctl.add_argument("--token-file", metavar="F", help="file holding the admin bearer token")
+    ctl_sub = ctl.add_subparsers(
+        dest="action", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    st = ctl_sub.add_parser(
+        "status", help="show channels, maintenance and its sources, OPTIONS code"
+    )
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    dr = ctl_sub.add_parser("drain", help="maintenance on: OPTIONS and new INVITEs get the code")
+    dr.add_argument(
+        "--code",
+        type=_sip_failure_code,
+        help="maintenance code 400..699 (default: the config's, else 503)",
+    )
+    dr.add_argument("--reason", default="", help="free text shown in status")
+    ctl_sub.add_parser("undrain", help="end the admin drain")
+
+    imp = sub.add_parser(
+        "import-config",
+        help="convert an HmpElementsServer.exe.config to appserver TOML on stdout",
+        description="Convert the applicationSettings of an HmpElementsServer.exe.config to "
+        "sipha appserver TOML on stdout; settings with no equivalent become comments.",
+    )
+    imp.add_argument("file", metavar="FILE")
     return p
+
+
+def _sip_failure_code(text: str) -> int:
+    if not text.isdigit() or not 400 <= int(text) <= 699:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a SIP failure code 400..699")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -109,6 +162,24 @@ async def _demo(calls: int, transport: str) -> int:
         return 0 if failed == 0 else 1
 
 
+def _run_appserver(config: str) -> int:
+    from .appserver.server import run
+    from .config import ConfigError
+    from .stack import install_uvloop
+
+    install_uvloop()
+    try:
+        return asyncio.run(run(config))
+    except ConfigError as exc:
+        print(f"sipha appserver: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sipha appserver: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -120,6 +191,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "appserver":
+        return _run_appserver(args.config)
+    if args.command == "ctl":
+        from .ctl import run_ctl
+
+        return run_ctl(args)
+    if args.command == "import-config":
+        from pathlib import Path
+
+        from .appserver.importer import ImportError_, convert
+
+        try:
+            sys.stdout.write(convert(Path(args.file)))
+        except ImportError_ as exc:
+            print(f"sipha import-config: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "demo":
         from .stack import install_uvloop
 

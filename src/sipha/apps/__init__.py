@@ -1,0 +1,1 @@
+"""Voice applications shipped with sipha; each is ``async def main(call)``."""

@@ -1,0 +1,1 @@
+"""The application server role: honest availability signalling, drain and voice apps."""

@@ -1,0 +1,440 @@
+"""The application server: availability signalling, INVITE admission, calls, drain.
+
+Signalling rules (DESIGN.md "appserver", HmpElements semantics):
+- OPTIONS: 200 (with Allow/Accept/Supported); in maintenance the maintenance code; else
+  busy code when fewer than ``busy_threshold`` channels are free.
+- INVITE, after 100 Trying only: maintenance -> ``invite.maint_response``; no free channel
+  -> ``invite.server_busy_response``; no route -> ``invite.no_route_response``; then the
+  application decides. No 18x is sent before a rejection, so an SBC can re-route.
+- Calls in progress are never touched by maintenance; SIGTERM drains and waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..admin.http import AdminServer, read_token
+from ..config import ConfigError, ConfigHolder
+from ..media.rtp import PortPool
+from ..sip.errors import ParseError
+from ..sip.message import reason_phrase
+from ..sip.transaction import ServerTransaction
+from ..stack import IncomingRequest, SipStack
+from .availability import Availability
+from .call import ALLOW, AppHandler, Call, CallEnded, CallStateError
+from .config import AppServerConfig
+from .drain import NOT_DRAINED, DrainState, load_drain, save_drain
+from .health import HealthMonitor
+from .metrics import AppServerMetrics
+
+log = logging.getLogger("sipha.appserver")
+
+ACCEPT = "application/sdp"
+SUPPORTED = ""  # no extensions required of callers
+
+
+def resolve_handler(ref: str) -> AppHandler:
+    """Import ``module:callable``; ConfigError when it cannot be used."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the config unusable
+        raise ConfigError(f"app handler {ref}: cannot import {module_name}: {exc}") from None
+    handler = getattr(module, attr, None)
+    if handler is None or not callable(handler):
+        raise ConfigError(f"app handler {ref}: {module_name} has no callable {attr}")
+    return handler  # type: ignore[no-any-return]
+
+
+class AppServer:
+    def __init__(self, config_path: Path | str) -> None:
+        self.config_path = Path(config_path).resolve()
+        self.holder = ConfigHolder(self.config_path, AppServerConfig, on_change=self._apply)
+        cfg = self.config
+        self._routes = self._resolve_routes(cfg)
+        self.state_path = self.config_path.parent / cfg.server.state_file
+        drain = load_drain(self.state_path)
+        self.availability = Availability(
+            file_code=cfg.options.maint_response, drain_code=drain.code, drain_reason=drain.reason
+        )
+        self.stack = SipStack(cfg.sip.listen, user_agent=cfg.sip.user_agent)
+        self.stack.handler = self._on_request
+        self.stack.server_timeout_handler = self._on_server_timeout
+        self.metrics = AppServerMetrics()
+        self.health = HealthMonitor(self._on_health)
+        self.pool = PortPool(cfg.media.rtp_port_min, cfg.media.rtp_port_max)
+        self.calls: dict[tuple[str, str], Call] = {}  # (Call-ID, our tag) -> call
+        self.channels_used = 0
+        self.counters: dict[str, int] = {}
+        self.admin: AdminServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._was_in_maintenance = self.availability.in_maintenance
+        self.started_at = time.time()
+        self._sync_metrics()
+
+    @property
+    def config(self) -> AppServerConfig:
+        return self.holder.current
+
+    # -- config ----------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_routes(cfg: AppServerConfig) -> list[tuple[re.Pattern[str], AppHandler]]:
+        if cfg.app.route:
+            return [(re.compile(r.number), resolve_handler(r.handler)) for r in cfg.app.route]
+        return [(re.compile(".*"), resolve_handler(cfg.app.handler))]
+
+    def _apply(self, old: AppServerConfig, new: AppServerConfig) -> None:
+        """A new valid file: apply at once (the holder already refused invalid ones)."""
+        try:
+            self._routes = self._resolve_routes(new)
+        except ConfigError as exc:
+            self.holder.current = old  # keep the last good config
+            self.holder.last_error = str(exc)
+            self.metrics.config_errors.inc()
+            log.error("config reload refused: %s", exc)
+            return
+        if old.sip.listen != new.sip.listen:
+            log.warning("sip.listen changed: takes effect at the next restart")
+        self.availability.file_code = new.options.maint_response
+        self.health.configure(new.health)
+        self._maintenance_changed()
+        self._sync_metrics()
+        log.info(
+            "config applied: OPTIONS now %d, maintenance %s",
+            self.options_code(),
+            "on" if self.availability.in_maintenance else "off",
+        )
+
+    # -- availability ----------------------------------------------------------------------
+    @property
+    def free_channels(self) -> int:
+        return max(0, self.config.channels.max - self.channels_used)
+
+    def options_code(self) -> int:
+        o = self.config.options
+        return self.availability.options_code(self.free_channels, o.busy_threshold, o.busy_response)
+
+    def drain(self, code: int | None, reason: str = "") -> DrainState:
+        state = DrainState(code or 0, reason or "drained by admin", time.time())
+        save_drain(self.state_path, state)
+        self.availability.drain_code = state.code
+        self.availability.drain_reason = state.reason
+        log.warning("drained by admin: OPTIONS now %d (%s)", self.options_code(), state.reason)
+        self._maintenance_changed()
+        return state
+
+    def undrain(self) -> None:
+        save_drain(self.state_path, NOT_DRAINED)
+        self.availability.drain_code = None
+        self.availability.drain_reason = ""
+        log.warning("undrained by admin: OPTIONS now %d", self.options_code())
+        self._maintenance_changed()
+
+    def _on_health(self, name: str, up: bool, reason: str) -> None:
+        self.metrics.health_transitions.labels(name, "up" if up else "down").inc()
+        if up:
+            self.availability.health_down.pop(name, None)
+        else:
+            self.availability.health_down[name] = f"backend {name} down: {reason}"
+        self._maintenance_changed()
+
+    def _maintenance_changed(self) -> None:
+        now = self.availability.in_maintenance
+        if now != self._was_in_maintenance:
+            self._was_in_maintenance = now
+            self.metrics.maintenance_transitions.labels("on" if now else "off").inc()
+            if now:
+                reasons = "; ".join(s.reason for s in self.availability.sources())
+                log.warning(
+                    "maintenance ON (code %d): %s", self.availability.maintenance_code, reasons
+                )
+            else:
+                log.warning("maintenance OFF: taking calls again")
+        self._sync_metrics()
+
+    def _sync_metrics(self) -> None:
+        m = self.metrics
+        m.maintenance.set(1 if self.availability.in_maintenance else 0)
+        m.maintenance_source.clear()
+        for src in self.availability.sources():
+            m.maintenance_source.labels(src.name).set(1)
+        m.channels_used.set(self.channels_used)
+        m.channels_max.set(self.config.channels.max)
+        m.config_version.set(self.holder.version)
+        for name, state in self.health.states.items():
+            m.health_up.labels(name).set(1 if state.up else 0)
+
+    def _count(self, outcome: str) -> None:
+        self.counters[outcome] = self.counters.get(outcome, 0) + 1
+        self.metrics.calls.labels(outcome).inc()
+
+    # -- SIP -------------------------------------------------------------------------------
+    def _on_request(self, incoming: IncomingRequest) -> None:
+        req = incoming.request
+        to_tag = req.to.tag
+        if to_tag:
+            call = self.calls.get((req.call_id, to_tag))
+            if call is not None:
+                call._in_dialog(incoming)
+            elif req.method == "OPTIONS":
+                incoming.respond(200, headers=[("Allow", ALLOW), ("Accept", ACCEPT)])
+            elif req.method != "ACK":
+                incoming.respond(481)
+            return
+        if req.method == "OPTIONS":
+            code = self.options_code()
+            self.metrics.options.labels(str(code)).inc()
+            headers = [("Allow", ALLOW), ("Accept", ACCEPT)]
+            if code == 200:
+                headers.append(("Supported", SUPPORTED or "timer"))
+            incoming.respond(code, headers=headers)
+        elif req.method == "INVITE":
+            self._admit(incoming)
+        elif req.method == "CANCEL":
+            incoming.respond(481)
+        elif req.method != "ACK":
+            incoming.respond(405, headers=[("Allow", ALLOW)])
+
+    def _admit(self, incoming: IncomingRequest) -> None:
+        """INVITE admission; only 100 Trying has been sent when any of these rejects."""
+        cfg = self.config
+        if self.availability.in_maintenance:
+            code = cfg.invite.maint_response
+            incoming.respond(code, reason_phrase(code))
+            self._count("rejected_maintenance")
+            return
+        if self.channels_used >= cfg.channels.max:
+            incoming.respond(cfg.invite.server_busy_response)
+            self._count("rejected_busy")
+            return
+        handler = self._route(incoming)
+        if handler is None:
+            incoming.respond(cfg.invite.no_route_response)
+            self._count("rejected_no_route")
+            return
+        try:
+            call = Call(self, incoming, self.pool, cfg.media.address)
+        except ParseError as exc:
+            incoming.respond(488, exc.reason_phrase)
+            self._count("rejected_sdp")
+            return
+        self.channels_used += 1
+        self._sync_metrics()
+        task = asyncio.create_task(self._run_call(call, handler), name=f"call:{call.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _route(self, incoming: IncomingRequest) -> AppHandler | None:
+        uri = incoming.request.uri
+        dialed = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
+        for pattern, handler in self._routes:
+            if pattern.search(dialed):
+                return handler
+        return None
+
+    async def _run_call(self, call: Call, handler: AppHandler) -> None:
+        cfg = self.config
+        self.calls[(call.id, call.local_tag)] = call
+        watcher = asyncio.create_task(self._watch_cancel(call))
+        try:
+            if not cfg.invite.session_progress_controlled_by_app:
+                await call.progress()  # HmpElements default: 183 right after 100
+            await handler(call)
+            if call.state == "answered" and not call.ended.is_set():
+                await call.hangup()  # the application is done with the call
+            elif call.state != "answered" and not call.ended.is_set():
+                await call.reject(480, "Application Ended Without Answering")
+            self._count(_outcome(call))
+        except CallEnded:
+            self._count(_outcome(call))
+        except Exception:
+            log.exception("application error in call %s", call.id)
+            with contextlib.suppress(Exception):
+                if call.state == "answered":
+                    await call.hangup()
+                elif not call.ended.is_set():
+                    await call.reject(cfg.invite.app_error_response)
+            self._count("app_error")
+        finally:
+            watcher.cancel()
+            call._end(call.end_reason or "finished")
+            self.calls.pop((call.id, call.local_tag), None)
+            self.channels_used -= 1
+            self._sync_metrics()
+
+    async def _watch_cancel(self, call: Call) -> None:
+        await call._incoming.cancelled.wait()
+        call._end("caller cancelled")
+
+    def _on_server_timeout(self, txn: ServerTransaction) -> None:
+        """No ACK for our 2xx within 64*T1 (§13.3.1.4): end the call with a BYE."""
+        owner = txn.owner
+        if isinstance(owner, IncomingRequest) and txn.request.method == "INVITE":
+            for call in list(self.calls.values()):
+                if call._incoming is owner and call.state == "answered" and not call.acked.is_set():
+                    log.warning("no ACK for call %s: ending it", call.id)
+                    self._spawn(call.hangup())
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        a = self.availability
+        cfg = self.config
+        return {
+            "role": "appserver",
+            "channels": {
+                "max": cfg.channels.max,
+                "used": self.channels_used,
+                "free": self.free_channels,
+            },
+            "options_code": self.options_code(),
+            "maintenance": {
+                "active": a.in_maintenance,
+                "code": a.maintenance_code if a.in_maintenance else None,
+                "sources": [
+                    {"name": s.name, "code": s.code, "reason": s.reason} for s in a.sources()
+                ],
+            },
+            "config": {
+                "path": str(self.config_path),
+                "version": self.holder.version,
+                "loaded_at": self.holder.loaded_at,
+                "last_reload_error": self.holder.last_error,
+            },
+            "calls": {"active": len(self.calls), "by_outcome": dict(self.counters)},
+            "health": [
+                {
+                    "name": name,
+                    "up": s.up,
+                    "reason": s.last_reason,
+                    "failures": s.failures,
+                    "successes": s.successes,
+                    "last_change": s.last_change,
+                }
+                for name, s in self.health.states.items()
+            ],
+            "sip": [str(s) for s in self.stack.listen_specs],
+            "uptime": time.time() - self.started_at,
+        }
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        async def status(_: web.Request) -> web.Response:
+            self._sync_metrics()
+            return web.json_response(self.status())
+
+        async def drain(request: web.Request) -> web.Response:
+            body: dict[str, Any] = {}
+            if request.can_read_body:
+                try:
+                    body = await request.json()
+                except (ValueError, json.JSONDecodeError):
+                    return web.json_response({"error": "body must be JSON"}, status=400)
+            code = body.get("code")
+            if code is not None and (not isinstance(code, int) or not 400 <= code <= 699):
+                return web.json_response({"error": "code must be 400..699"}, status=400)
+            self.drain(code, str(body.get("reason", "")))
+            return web.json_response(self.status())
+
+        async def undrain(_: web.Request) -> web.Response:
+            self.undrain()
+            return web.json_response(self.status())
+
+        async def metrics(_: web.Request) -> web.Response:
+            self._sync_metrics()
+            return web.Response(
+                body=self.metrics.render(), content_type="text/plain", charset="utf-8"
+            )
+
+        return [
+            web.get("/status", status),
+            web.post("/drain", drain),
+            web.post("/undrain", undrain),
+            web.get("/metrics", metrics),
+        ]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.stack.start()
+        cfg = self.config
+        if cfg.admin.listen:
+            token = None
+            if cfg.admin.token_file:
+                try:
+                    token = read_token(self.config_path.parent / cfg.admin.token_file)
+                except (OSError, ValueError) as exc:
+                    raise ConfigError(f"{self.config_path}: admin.token_file: {exc}") from None
+            self.admin = AdminServer(cfg.admin.listen, self.admin_routes(), token)
+            await self.admin.start()
+        self.health.configure(cfg.health)
+        self._spawn(self.holder.watch())
+        log.info(
+            "appserver ready on %s: OPTIONS %d, %d channels",
+            ", ".join(str(s) for s in self.stack.listen_specs),
+            self.options_code(),
+            cfg.channels.max,
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def shutdown(self) -> None:
+        """SIGTERM: stop taking calls, let calls in progress end, up to shutdown_grace."""
+        self.availability.shutting_down = True
+        self._maintenance_changed()
+        grace = self.config.server.shutdown_grace
+        log.warning(
+            "shutting down: %d call(s) in progress, waiting up to %g s", len(self.calls), grace
+        )
+        deadline = time.monotonic() + grace
+        while self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for call in list(self.calls.values()):
+            with contextlib.suppress(Exception):
+                await call.hangup()
+        await self.close()
+
+    async def close(self) -> None:
+        await self.health.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.stack.close()
+
+
+def _outcome(call: Call) -> str:
+    if call.answered_at is not None:
+        return "answered"
+    if call.end_reason == "caller cancelled":
+        return "cancelled"
+    if call.end_reason.startswith("rejected"):
+        return "rejected_app"
+    return "ended"
+
+
+async def run(config_path: Path | str) -> int:
+    """``sipha appserver -c FILE``: run until SIGTERM/SIGINT, then drain."""
+    server = AppServer(config_path)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.shutdown()
+    return 0
+
+
+__all__ = ["AppServer", "CallEnded", "CallStateError", "resolve_handler", "run"]

@@ -1,0 +1,149 @@
+"""TOML config files validated by pydantic, with hot reload.
+
+An error always names the file, the key and what is wrong
+(``appserver.toml: options.maint_response: must be 0 or a code 400..699, got 700``).
+A reload that fails keeps the last good config in force and records why, so ``status``
+and the log can say it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+log = logging.getLogger("sipha.config")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is ready for an operator."""
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def describe(path: Path | str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        value = err.get("input")
+        shown = (
+            ""
+            if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict)
+            else f", got {value!r}"
+        )
+        lines.append(f"{path}: {_loc(err['loc'])}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+def load_config(path: Path | str, model: type[M]) -> M:
+    """Read and validate a TOML file; raises ConfigError naming file, key and problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(p, exc)) from None
+
+
+class ConfigHolder(Generic[M]):
+    """The config in force, its version, and the last reload error.
+
+    ``watch()`` reloads within a fraction of a second of the file being written (watchfiles
+    on its folder, so editors that write-and-rename are seen too) and on SIGHUP.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        model: type[M],
+        on_change: Callable[[M, M], None] | None = None,
+    ) -> None:
+        self.path = Path(path).resolve()
+        self.model = model
+        self.on_change = on_change
+        self.current: M = load_config(self.path, model)
+        self.version = 1
+        self.loaded_at = time.time()
+        self.last_error: str | None = None
+        self._raw = self.path.read_bytes()
+
+    def reload(self) -> bool:
+        """Load the file again; True when a new config was applied."""
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            self.last_error = f"{self.path}: cannot read: {exc.strerror or exc}"
+            log.error(
+                "config reload refused, keeping version %d: %s", self.version, self.last_error
+            )
+            return False
+        if raw == self._raw and self.last_error is None:
+            return False
+        try:
+            new = load_config(self.path, self.model)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            self._raw = raw
+            log.error("config reload refused, keeping version %d: %s", self.version, exc)
+            return False
+        old = self.current
+        self.current = new
+        self._raw = raw
+        self.version += 1
+        self.loaded_at = time.time()
+        self.last_error = None
+        log.info("config version %d loaded from %s", self.version, self.path)
+        if self.on_change is not None:
+            self.on_change(old, new)
+        return True
+
+    async def watch(self) -> None:
+        """Reload on file changes and SIGHUP until cancelled."""
+        from watchfiles import awatch
+
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError):
+            pass
+        name = self.path.name
+
+        def ours(_change: object, changed: str) -> bool:
+            return Path(changed).name == name
+
+        async for _ in awatch(self.path.parent, watch_filter=ours, debounce=50, step=20):
+            self.reload()

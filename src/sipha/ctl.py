@@ -1,0 +1,91 @@
+"""``sipha ctl``: status / drain / undrain over a role's admin API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+async def _call(args: argparse.Namespace) -> tuple[int, Any]:
+    import aiohttp
+
+    headers = {}
+    if args.token_file:
+        headers["Authorization"] = f"Bearer {Path(args.token_file).read_text().strip()}"
+    base = args.admin.rstrip("/")
+    if args.action == "status":
+        method, path, body = "GET", "/status", None
+    elif args.action == "drain":
+        method, path = "POST", "/drain"
+        body = {"reason": args.reason} | ({"code": args.code} if args.code else {})
+    else:
+        method, path, body = "POST", "/undrain", None
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.request(method, base + path, json=body, headers=headers) as resp,
+    ):
+        try:
+            data = await resp.json(content_type=None)
+        except ValueError:
+            data = {"error": (await resp.text())[:200]}
+        return resp.status, data
+
+
+def _table(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = status.get("maintenance", {})
+    ch = status.get("channels", {})
+    t = Table(title=f"sipha {status.get('role', '?')}", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    code = status.get("options_code")
+    t.add_row("OPTIONS answer", f"[{'green' if code == 200 else 'red'}]{code}")
+    t.add_row("maintenance", "[red]ON" if m.get("active") else "[green]off")
+    for src in m.get("sources", []):
+        t.add_row(f"  {src['name']}", f"{src.get('code') or ''} {src['reason']}".strip())
+    if ch:
+        t.add_row("channels", f"{ch.get('used')} used / {ch.get('max')} ({ch.get('free')} free)")
+    for h in status.get("health", []):
+        t.add_row(
+            f"backend {h['name']}", ("[green]up" if h["up"] else "[red]DOWN") + f"  {h['reason']}"
+        )
+    cfg = status.get("config", {})
+    t.add_row("config", f"version {cfg.get('version')} {cfg.get('path', '')}")
+    if cfg.get("last_reload_error"):
+        t.add_row("last reload error", f"[red]{cfg['last_reload_error']}")
+    calls = status.get("calls", {})
+    t.add_row(
+        "calls",
+        f"{calls.get('active', 0)} active; "
+        + ", ".join(f"{k} {v}" for k, v in calls.get("by_outcome", {}).items()),
+    )
+    console.print(t)
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    try:
+        status, data = asyncio.run(_call(args))
+    except OSError as exc:
+        print(f"sipha ctl: cannot reach {args.admin}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any client failure is one line for the operator
+        print(f"sipha ctl: {args.admin}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(
+            f"sipha ctl: {args.action}: HTTP {status}: {data.get('error', data)}", file=sys.stderr
+        )
+        return 1
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+    else:
+        _table(data)
+    return 0

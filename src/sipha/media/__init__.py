@@ -1,0 +1,1 @@
+"""RTP media for voice apps: G.711 play, RFC 4733 DTMF receive, port allocation."""
