@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..net.transport import describe_os_error
 from .config import HealthProbe
 
 log = logging.getLogger("sipha.appserver.health")
@@ -77,7 +78,7 @@ async def check_once(probe: HealthProbe, session: object | None = None) -> tuple
     except TimeoutError:
         return False, f"no answer within {probe.timeout:g} s"
     except OSError as exc:
-        return False, (exc.strerror or str(exc) or type(exc).__name__).lower()
+        return False, describe_os_error(exc)
     except Exception as exc:  # noqa: BLE001 - any client error means the backend is not usable
         return False, f"{type(exc).__name__}: {exc}"[:200]
 
