@@ -37,3 +37,14 @@ async def crash_after_answer(call: Call) -> None:
     await call.answer()
     await asyncio.sleep(0.1)
     raise RuntimeError("bug after answer")
+
+
+COLLECTED: list[str] = []
+
+
+async def prompt_and_record(call: Call) -> None:
+    """The shipped prompt app, remembering what it collected."""
+    from sipha.apps.prompt import main
+
+    await main(call)
+    COLLECTED.append(getattr(call, "collected", ""))
