@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 # Debian packages the tests and benchmarks drive as real peers (binary:package).
-TEST_DEBS  := sipp:sip-tester openssl:openssl
-BENCH_DEBS := $(TEST_DEBS) kamailio:kamailio
+TEST_DEBS  := sipp:sip-tester openssl:openssl kamailio:kamailio
+BENCH_DEBS := $(TEST_DEBS)
 
 .PHONY: demo test lint bench deps debs clean
 

@@ -26,7 +26,11 @@ def test_answer_picks_the_offers_first_g711_and_its_dtmf_pt() -> None:
 
 @pytest.mark.parametrize(
     ("change", "direction", "held"),
-    [("a=sendrecv", "sendrecv", False), ("a=sendonly", "recvonly", True), ("a=inactive", "inactive", True)],
+    [
+        ("a=sendrecv", "sendrecv", False),
+        ("a=sendonly", "recvonly", True),
+        ("a=inactive", "inactive", True),
+    ],
 )
 def test_hold_directions(change: str, direction: str, held: bool) -> None:
     offer = parse_sdp(OFFER.replace(b"a=sendrecv", change.encode()))
@@ -68,7 +72,7 @@ def test_dtmf_decoder_one_digit_per_event() -> None:
 def test_tone_silence_and_wav_frames(tmp_path: Path) -> None:
     assert len(list(frames("tone:440/100"))) == 5
     assert all(len(f) == 160 for f in frames("tone:350+440/60"))
-    assert list(frames("silence:40"))[0].tolist() == [0] * 160
+    assert next(iter(frames("silence:40"))).tolist() == [0] * 160
     wav = tmp_path / "p.wav"
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sipha.appserver.server import AppServer
 from sipha.sip import Headers, Request
-from sipha.sip.ids import new_branch, new_call_id, new_tag
+from sipha.sip.ids import new_call_id, new_tag
 from sipha.sip.transaction import Target
 from sipha.stack import SipStack
 from tests.sipp import free_port
@@ -32,7 +32,12 @@ def toml(data: dict[str, Any]) -> str:
     out: list[str] = []
 
     def table(prefix: str, d: dict[str, Any], array: bool = False) -> None:
-        plain = {k: v for k, v in d.items() if not isinstance(v, dict) and not (isinstance(v, list) and v and isinstance(v[0], dict))}
+        plain = {
+            k: v
+            for k, v in d.items()
+            if not isinstance(v, dict)
+            and not (isinstance(v, list) and v and isinstance(v[0], dict))
+        }
         out.append(f"[[{prefix}]]" if array else f"[{prefix}]")
         out.extend(f"{k} = {scalar(v)}" for k, v in plain.items())
         for k, v in d.items():
@@ -57,7 +62,10 @@ def base_config(sip_port: int, **overrides: Any) -> dict[str, Any]:
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
         "channels": {"max": 10},
         "app": {"handler": "tests.apps:hold"},
-        "media": {"rtp_port_min": 30000 + (sip_port % 200) * 100, "rtp_port_max": 30099 + (sip_port % 200) * 100},
+        "media": {
+            "rtp_port_min": 30000 + (sip_port % 200) * 100,
+            "rtp_port_max": 30099 + (sip_port % 200) * 100,
+        },
     }
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(cfg.get(section), dict):
@@ -94,10 +102,14 @@ class Prober:
             ("Call-ID", new_call_id()),
             ("CSeq", "1 OPTIONS"),
         )
-        resp = await self.stack.request(Request("OPTIONS", f"sip:ivr@127.0.0.1:{self.target.port}", h), self.target)
+        resp = await self.stack.request(
+            Request("OPTIONS", f"sip:ivr@127.0.0.1:{self.target.port}", h), self.target
+        )
         return resp.status
 
-    async def wait_for_code(self, expected: int, timeout: float = 5.0, period: float = 0.02) -> float:
+    async def wait_for_code(
+        self, expected: int, timeout: float = 5.0, period: float = 0.02
+    ) -> float:
         """Seconds until OPTIONS answers ``expected`` (AssertionError after ``timeout``)."""
         start = time.monotonic()
         while True:
@@ -175,7 +187,9 @@ def invite_expect_reject(code: int, provisional: str = "") -> str:
 
     ``provisional``: responses that must come first, e.g. "183".
     """
-    pre = "".join(f'  <recv response="{p}" response_txn="invite"/>\n' for p in provisional.split() if p)
+    pre = "".join(
+        f'  <recv response="{p}" response_txn="invite"/>\n' for p in provisional.split() if p
+    )
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="INVITE rejected with {code}, no 18x allowed before it">
   <send retrans="500" start_txn="invite"><![CDATA[

@@ -16,7 +16,15 @@ from aiohttp import web
 from sipha.sip.transaction import Target
 from sipha.stack import SipStack
 from sipha.ua import UserAgent, simple_sdp
-from tests.appserver.helpers import admin_url, base_config, prober, running_appserver, sip_port, toml, wait_until
+from tests.appserver.helpers import (
+    admin_url,
+    base_config,
+    prober,
+    running_appserver,
+    sip_port,
+    toml,
+    wait_until,
+)
 from tests.sipp import free_port
 
 
@@ -40,20 +48,32 @@ class Backend:
             self.runner = None
 
 
-async def test_backend_down_means_maintenance_and_calls_in_progress_continue(tmp_path: Path) -> None:
+async def test_backend_down_means_maintenance_and_calls_in_progress_continue(
+    tmp_path: Path,
+) -> None:
     backend = Backend()
     await backend.start()
     interval, fall, rise = 0.2, 3, 2
     health = [{"name": "crm", "probe": f"http://127.0.0.1:{backend.port}/health", "interval": interval,
                "timeout": 0.2, "fall": fall, "rise": rise}]  # fmt: skip
-    async with running_appserver(
-        tmp_path, health=health, app={"handler": "tests.apps:hold_for", "settings": {"seconds": 2.0}}
-    ) as server, prober(server) as probe, SipStack(["udp:127.0.0.1:0"]) as caller_stack:
+    async with (
+        running_appserver(
+            tmp_path,
+            health=health,
+            app={"handler": "tests.apps:hold_for", "settings": {"seconds": 2.0}},
+        ) as server,
+        prober(server) as probe,
+        SipStack(["udp:127.0.0.1:0"]) as caller_stack,
+    ):
         port = sip_port(server)
-        await wait_until(lambda: "crm" in server.health.states and server.health.states["crm"].successes > 0)
+        await wait_until(
+            lambda: "crm" in server.health.states and server.health.states["crm"].successes > 0
+        )
         assert await probe.code() == 200
         call = await UserAgent(caller_stack).invite(
-            f"sip:ivr@127.0.0.1:{port}", target=Target("udp", "127.0.0.1", port), body=simple_sdp("127.0.0.1", 40000)
+            f"sip:ivr@127.0.0.1:{port}",
+            target=Target("udp", "127.0.0.1", port),
+            body=simple_sdp("127.0.0.1", 40000),
         )
         started = time.monotonic()
         await backend.stop()
@@ -78,7 +98,16 @@ async def test_backend_down_means_maintenance_and_calls_in_progress_continue(tmp
 
 async def test_tcp_probe(tmp_path: Path) -> None:
     closed = free_port()
-    health = [{"name": "db", "probe": f"tcp://127.0.0.1:{closed}", "interval": 0.1, "timeout": 0.2, "fall": 1, "rise": 1}]
+    health = [
+        {
+            "name": "db",
+            "probe": f"tcp://127.0.0.1:{closed}",
+            "interval": 0.1,
+            "timeout": 0.2,
+            "fall": 1,
+            "rise": 1,
+        }
+    ]
     async with running_appserver(tmp_path, health=health) as server, prober(server) as probe:
         await probe.wait_for_code(503, timeout=3.0)
         assert "refused" in server.health.states["db"].last_reason
@@ -89,10 +118,15 @@ async def test_tcp_probe(tmp_path: Path) -> None:
 
 async def test_admin_token_required_when_configured(tmp_path: Path) -> None:
     (tmp_path / "admin.token").write_text("s3cret-token-0123456789\n")
-    async with running_appserver(tmp_path, admin={"token_file": "admin.token"}) as server, aiohttp.ClientSession() as http:
+    async with (
+        running_appserver(tmp_path, admin={"token_file": "admin.token"}) as server,
+        aiohttp.ClientSession() as http,
+    ):
         async with http.get(admin_url(server) + "/status") as r:
             assert r.status == 401
-        async with http.post(admin_url(server) + "/drain", headers={"Authorization": "Bearer wrong"}) as r:
+        async with http.post(
+            admin_url(server) + "/drain", headers={"Authorization": "Bearer wrong"}
+        ) as r:
             assert r.status == 401
         assert not server.availability.in_maintenance
         ok = {"Authorization": "Bearer s3cret-token-0123456789"}
@@ -102,7 +136,12 @@ async def test_admin_token_required_when_configured(tmp_path: Path) -> None:
 
 async def run_cli(*args: str, timeout: float = 20) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sipha.cli", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "sipha.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -111,7 +150,9 @@ async def run_cli(*args: str, timeout: float = 20) -> tuple[int, str, str]:
 async def test_ctl_status_drain_undrain(tmp_path: Path) -> None:
     async with running_appserver(tmp_path) as server:
         url = admin_url(server)
-        rc, out, _ = await run_cli("ctl", "--admin", url, "drain", "--code", "480", "--reason", "maintenance window")
+        rc, out, _ = await run_cli(
+            "ctl", "--admin", url, "drain", "--code", "480", "--reason", "maintenance window"
+        )
         assert rc == 0 and "480" in out and "maintenance window" in out
         assert server.options_code() == 480
         rc, out, _ = await run_cli("ctl", "--admin", url, "status", "--json")
@@ -157,7 +198,9 @@ async def test_sigterm_drains_waits_for_calls_and_exits_0(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "appserver did not come up"
             await asyncio.sleep(0.1)
         call = await UserAgent(stack).invite(
-            f"sip:ivr@127.0.0.1:{port}", target=Target("udp", "127.0.0.1", port), body=simple_sdp("127.0.0.1", 40000)
+            f"sip:ivr@127.0.0.1:{port}",
+            target=Target("udp", "127.0.0.1", port),
+            body=simple_sdp("127.0.0.1", 40000),
         )
         proc.send_signal(signal.SIGTERM)
         assert await probe.wait_for_code(503, timeout=2.0) < 1.0  # no new calls

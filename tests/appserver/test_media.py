@@ -25,7 +25,10 @@ def dtmf_pcap(path: Path, digits: str) -> None:
             end = n >= 5
             duration = min(n + 1, 6) * 160
             payload = struct.pack("!BBH", events[digit], (0x80 if end else 0) | 10, duration)
-            rtp = struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | 101, seq, ts, 0x1234) + payload
+            rtp = (
+                struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | 101, seq, ts, 0x1234)
+                + payload
+            )
             packets.append((t, rtp))
             seq += 1
             t += 0.02
@@ -39,7 +42,9 @@ def dtmf_pcap(path: Path, digits: str) -> None:
                              bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])) + udp  # fmt: skip
             frame = b"\x00" * 12 + b"\x08\x00" + ip
             sec = int(when)
-            f.write(struct.pack("<IIII", sec, int((when - sec) * 1e6), len(frame), len(frame)) + frame)
+            f.write(
+                struct.pack("<IIII", sec, int((when - sec) * 1e6), len(frame), len(frame)) + frame
+            )
 
 
 def caller_scenario(rtp_port: int, pcap: Path) -> str:
@@ -117,10 +122,14 @@ async def test_prompt_plays_rtp_at_50_pps_and_collects_rfc4733_dtmf(tmp_path: Pa
     dtmf_pcap(pcap, "123")
     loop = asyncio.get_running_loop()
     rtp_port = free_port()
-    transport, counter = await loop.create_datagram_endpoint(RtpCounter, local_addr=("127.0.0.1", rtp_port))
+    transport, counter = await loop.create_datagram_endpoint(
+        RtpCounter, local_addr=("127.0.0.1", rtp_port)
+    )
     settings = {"prompt": "tone:440/2000", "digits": 3, "digit_timeout": 4.0, "goodbye": ""}
     try:
-        async with running_appserver(tmp_path, app={"handler": "tests.apps:prompt_and_record", "settings": settings}) as server:
+        async with running_appserver(
+            tmp_path, app={"handler": "tests.apps:prompt_and_record", "settings": settings}
+        ) as server:
             result = await run_sipp(
                 "-sf", scenario(tmp_path, "caller.xml", caller_scenario(rtp_port, pcap)),
                 f"127.0.0.1:{sip_port(server)}", "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()),
@@ -135,4 +144,3 @@ async def test_prompt_plays_rtp_at_50_pps_and_collects_rfc4733_dtmf(tmp_path: Pa
     assert 95 <= len(times) <= 101  # 2 s of prompt at 20 ms
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 45 <= rate <= 55, rate
-

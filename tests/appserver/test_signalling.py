@@ -75,12 +75,15 @@ async def test_editing_maint_response_applies_within_one_second(tmp_path: Path) 
 
 
 async def test_invalid_new_config_is_refused_and_old_keeps_serving(tmp_path: Path) -> None:
-    async with running_appserver(tmp_path, options={"maint_response": 480}) as server, prober(server) as probe:
+    async with (
+        running_appserver(tmp_path, options={"maint_response": 480}) as server,
+        prober(server) as probe,
+    ):
         assert await probe.code() == 480
         for bad, expected in [
-            ('[options]\nmaint_response = 700\n', "options.maint_response"),
+            ("[options]\nmaint_response = 700\n", "options.maint_response"),
             ('[channels]\nmax = "many"\n', "channels.max"),
-            ('[options]\nunknown_key = 1\n', "options.unknown_key: unknown key"),
+            ("[options]\nunknown_key = 1\n", "options.unknown_key: unknown key"),
         ]:
             server.config_path.write_text(bad)
             await wait_until(lambda e=expected: (server.holder.last_error or "").find(e) >= 0, 3.0)
@@ -90,19 +93,29 @@ async def test_invalid_new_config_is_refused_and_old_keeps_serving(tmp_path: Pat
 
 
 async def test_busy_threshold_flips_200_to_486_then_busy_response(tmp_path: Path) -> None:
-    async with running_appserver(
-        tmp_path, channels={"max": 3}, options={"busy_threshold": 2}
-    ) as server, prober(server) as probe, SipStack(["udp:127.0.0.1:0"]) as caller_stack:
+    async with (
+        running_appserver(tmp_path, channels={"max": 3}, options={"busy_threshold": 2}) as server,
+        prober(server) as probe,
+        SipStack(["udp:127.0.0.1:0"]) as caller_stack,
+    ):
         ua = UserAgent(caller_stack)
         port = sip_port(server)
         target = Target("udp", "127.0.0.1", port)
         assert await probe.code() == 200  # 3 free
-        c1 = await ua.invite(f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40000))
+        c1 = await ua.invite(
+            f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40000)
+        )
         assert await probe.code() == 200  # 2 free: not < 2
-        c2 = await ua.invite(f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40002))
+        c2 = await ua.invite(
+            f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40002)
+        )
         assert await probe.code() == 486  # 1 free < 2
         await sipp_expect(tmp_path, port, options_expect(486))
-        server.config_path.write_text(server.config_path.read_text().replace("busy_threshold = 2", "busy_threshold = 2\nbusy_response = 480"))
+        server.config_path.write_text(
+            server.config_path.read_text().replace(
+                "busy_threshold = 2", "busy_threshold = 2\nbusy_response = 480"
+            )
+        )
         await probe.wait_for_code(480, timeout=2.0)
         await c1.bye()
         await c2.bye()
@@ -117,12 +130,17 @@ async def test_invite_while_drained_gets_100_then_503_and_nothing_else(tmp_path:
 
 
 async def test_invite_beyond_channels_gets_server_busy_response_without_18x(tmp_path: Path) -> None:
-    async with running_appserver(
-        tmp_path, channels={"max": 1}, invite={"server_busy_response": 486}
-    ) as server, SipStack(["udp:127.0.0.1:0"]) as caller_stack:
+    async with (
+        running_appserver(
+            tmp_path, channels={"max": 1}, invite={"server_busy_response": 486}
+        ) as server,
+        SipStack(["udp:127.0.0.1:0"]) as caller_stack,
+    ):
         port = sip_port(server)
         call = await UserAgent(caller_stack).invite(
-            f"sip:ivr@127.0.0.1:{port}", target=Target("udp", "127.0.0.1", port), body=simple_sdp("127.0.0.1", 40000)
+            f"sip:ivr@127.0.0.1:{port}",
+            target=Target("udp", "127.0.0.1", port),
+            body=simple_sdp("127.0.0.1", 40000),
         )
         await sipp_expect(tmp_path, port, invite_expect_reject(486), 3)
         await call.bye()
@@ -140,7 +158,11 @@ async def test_app_reject_before_any_18x(tmp_path: Path) -> None:
 
 async def test_no_route_gets_404(tmp_path: Path) -> None:
     async with running_appserver(
-        tmp_path, app={"handler": "tests.apps:hold", "route": [{"number": "^1\\d{3}$", "handler": "tests.apps:hold"}]}
+        tmp_path,
+        app={
+            "handler": "tests.apps:hold",
+            "route": [{"number": "^1\\d{3}$", "handler": "tests.apps:hold"}],
+        },
     ) as server:
         await sipp_expect(tmp_path, sip_port(server), invite_expect_reject(404), 1, "-s", "ivr")
         assert server.counters == {"rejected_no_route": 1}
@@ -152,23 +174,34 @@ async def test_progress_not_controlled_by_app_sends_183_right_after_100(tmp_path
         app={"handler": "tests.apps:slow_reject", "settings": {"code": 486}},
         invite={"session_progress_controlled_by_app": False},
     ) as server:
-        await sipp_expect(tmp_path, sip_port(server), invite_expect_reject(486, provisional="183"), 2)
+        await sipp_expect(
+            tmp_path, sip_port(server), invite_expect_reject(486, provisional="183"), 2
+        )
 
 
-@pytest.mark.parametrize(("app", "expected"), [("crash_before_answer", 500), ("crash_after_answer", 200)])
-async def test_application_errors_never_leak_a_channel(tmp_path: Path, app: str, expected: int) -> None:
-    async with running_appserver(tmp_path, app={"handler": f"tests.apps:{app}"}) as server, SipStack(
-        ["udp:127.0.0.1:0"]
-    ) as caller_stack:
+@pytest.mark.parametrize(
+    ("app", "expected"), [("crash_before_answer", 500), ("crash_after_answer", 200)]
+)
+async def test_application_errors_never_leak_a_channel(
+    tmp_path: Path, app: str, expected: int
+) -> None:
+    async with (
+        running_appserver(tmp_path, app={"handler": f"tests.apps:{app}"}) as server,
+        SipStack(["udp:127.0.0.1:0"]) as caller_stack,
+    ):
         ua = UserAgent(caller_stack)
         port = sip_port(server)
         target = Target("udp", "127.0.0.1", port)
         if expected == 500:
             with pytest.raises(CallFailed) as err:
-                await ua.invite(f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40000))
+                await ua.invite(
+                    f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40000)
+                )
             assert err.value.status == 500
         else:
-            call = await ua.invite(f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40000))
+            call = await ua.invite(
+                f"sip:ivr@127.0.0.1:{port}", target=target, body=simple_sdp("127.0.0.1", 40000)
+            )
             await asyncio.wait_for(call.ended.wait(), 5)  # the platform sent BYE
             assert call.end_reason == "remote BYE"
         await wait_until(lambda: server.channels_used == 0)

@@ -20,7 +20,9 @@ def test_options_code_rules_maintenance_takes_precedence_over_busy() -> None:
     assert a.options_code(free_channels=10, busy_threshold=0, busy_response=0) == 200
     assert a.options_code(free_channels=1, busy_threshold=2, busy_response=0) == 486
     assert a.options_code(free_channels=1, busy_threshold=2, busy_response=480) == 480
-    assert a.options_code(free_channels=2, busy_threshold=2, busy_response=480) == 200  # not < threshold
+    assert (
+        a.options_code(free_channels=2, busy_threshold=2, busy_response=480) == 200
+    )  # not < threshold
     a.health_down["crm"] = "down"
     assert a.options_code(free_channels=1, busy_threshold=2, busy_response=480) == 503
     a.file_code = 502
@@ -66,13 +68,19 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[channels]\nmax = \"ten\"\n", "channels.max: Input should be a valid integer"),
+        ('[channels]\nmax = "ten"\n', "channels.max: Input should be a valid integer"),
         ("[options]\nmaint_respons = 503\n", "options.maint_respons: unknown key"),
-        ("[options]\nmaint_response = 99\n", "options.maint_response: must be 0 or a SIP failure code 400..699, got 99"),
-        ("[invite]\nmaint_response = 700\n", "invite.maint_response: must be a SIP failure code 400..699, got 700"),
-        ("[[health]]\nname = \"a\"\nprobe = \"ftp://x\"\n", "health[0].probe: must be http(s)"),
-        ("[admin]\nlisten = \"0.0.0.0:8080\"\n", "token_file is required"),
-        ("[sip]\nlisten = [\"sctp:1.2.3.4:5\"]\n", "sip.listen: bad listen address"),
+        (
+            "[options]\nmaint_response = 99\n",
+            "options.maint_response: must be 0 or a SIP failure code 400..699, got 99",
+        ),
+        (
+            "[invite]\nmaint_response = 700\n",
+            "invite.maint_response: must be a SIP failure code 400..699, got 700",
+        ),
+        ('[[health]]\nname = "a"\nprobe = "ftp://x"\n', "health[0].probe: must be http(s)"),
+        ('[admin]\nlisten = "0.0.0.0:8080"\n', "token_file is required"),
+        ('[sip]\nlisten = ["sctp:1.2.3.4:5"]\n', "sip.listen: bad listen address"),
         ("[options\n", "not valid TOML"),
     ],
 )
@@ -88,7 +96,11 @@ def test_defaults_are_hmpelements_like(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""), AppServerConfig)
     assert cfg.invite.session_progress_controlled_by_app is True
     assert (cfg.invite.maint_response, cfg.invite.server_busy_response) == (503, 503)
-    assert (cfg.options.maint_response, cfg.options.busy_threshold, cfg.options.busy_response) == (0, 0, 0)
+    assert (cfg.options.maint_response, cfg.options.busy_threshold, cfg.options.busy_response) == (
+        0,
+        0,
+        0,
+    )
 
 
 HMP = """<?xml version="1.0" encoding="utf-8"?>
