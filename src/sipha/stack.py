@@ -47,7 +47,7 @@ from .sip.uri import SipURI
 
 log = logging.getLogger("sipha.stack")
 
-USER_AGENT = "sipha/0.1"
+USER_AGENT = "sipha/0.2"
 
 
 class TransactionTimeoutError(SipError, TimeoutError):
