@@ -78,12 +78,11 @@ async def test_drained_server_is_marked_inactive_and_gets_no_calls(tmp_path: Pat
     (tmp_path / "b").mkdir()
     async with (
         running_appserver(tmp_path / "a", app=HOLD) as a,
-        running_appserver(tmp_path / "b", app=HOLD) as b,kamailio(tmp_path, a, b, ping=1) as port
+        running_appserver(tmp_path / "b", app=HOLD) as b,
+        kamailio(tmp_path, a, b, ping=1) as port,
     ):
         # both are probed and answer 200
-        await wait_until(
-            lambda: options_seen(a, "200") >= 1 and options_seen(b, "200") >= 1, 15
-        )
+        await wait_until(lambda: options_seen(a, "200") >= 1 and options_seen(b, "200") >= 1, 15)
         a.drain(503, "test drain")
         await wait_until(lambda: options_seen(a, "503") >= 2, 10)  # the SBC saw the 503
         await calls_through(port, 20)

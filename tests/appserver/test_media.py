@@ -144,3 +144,118 @@ async def test_prompt_plays_rtp_at_50_pps_and_collects_rfc4733_dtmf(tmp_path: Pa
     assert 95 <= len(times) <= 101  # 2 s of prompt at 20 ms
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 45 <= rate <= 55, rate
+
+
+def late_offer_hold_scenario(rtp_port: int) -> str:
+    """INVITE without SDP (our offer comes in the 200, SIPp answers in the ACK), then a
+    re-INVITE putting us on hold (sendonly), then one retrieving the call."""
+    sdp = lambda direction: (
+        f"""v=0
+      o=user1 53655765 2353687637 IN IP4 127.0.0.1
+      s=-
+      c=IN IP4 127.0.0.1
+      t=0 0
+      m=audio {rtp_port} RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a={direction}"""
+    )  # noqa: E731
+    head = """      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag[call_number]
+      To: <sip:ivr@[remote_ip]:[remote_port]>{tag}
+      Call-ID: [call_id]
+      CSeq: {cseq}
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Max-Forwards: 70"""
+
+    def reinvite(n: int, direction: str) -> str:
+        return f"""  <send retrans="500"><![CDATA[
+
+      INVITE [next_url] SIP/2.0
+{head.format(tag="[peer_tag_param]", cseq=f"{n} INVITE")}
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {sdp(direction)}
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send><![CDATA[
+
+      ACK [next_url] SIP/2.0
+{head.format(tag="[peer_tag_param]", cseq=f"{n} ACK")}
+      Content-Length: 0
+
+  ]]></send>
+"""
+
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="late offer, hold, retrieve">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:ivr@[remote_ip]:[remote_port] SIP/2.0
+{head.format(tag="", cseq="1 INVITE")}
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true">
+    <action><ereg regexp="m=audio [0-9]+ RTP/AVP 0 8 101" search_in="body" check_it="true" assign_to="1"/></action>
+  </recv>
+  <Reference variables="1"/>
+  <send><![CDATA[
+
+      ACK [next_url] SIP/2.0
+{head.format(tag="[peer_tag_param]", cseq="1 ACK")}
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {sdp("sendrecv")}
+
+  ]]></send>
+  <pause milliseconds="1000"/>
+{reinvite(2, "sendonly")}  <pause milliseconds="1000"/>
+{reinvite(3, "sendrecv")}  <pause milliseconds="1000"/>
+  <send retrans="500"><![CDATA[
+
+      BYE [next_url] SIP/2.0
+{head.format(tag="[peer_tag_param]", cseq="4 BYE")}
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+async def test_late_offer_and_media_stops_while_on_hold(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    rtp_port = free_port()
+    transport, counter = await loop.create_datagram_endpoint(
+        RtpCounter, local_addr=("127.0.0.1", rtp_port)
+    )
+    settings = {
+        "prompt": "tone:440/10000",
+        "digits": 1,
+        "digit_timeout": 1.0,
+        "goodbye": "",
+        "ring": False,
+    }
+    try:
+        async with running_appserver(
+            tmp_path, app={"handler": "sipha.apps.prompt:main", "settings": settings}
+        ) as server:
+            result = await run_sipp(
+                "-sf", scenario(tmp_path, "late.xml", late_offer_hold_scenario(rtp_port)),
+                f"127.0.0.1:{sip_port(server)}", "-m", "1", "-i", "127.0.0.1", "-p", str(free_port()), timeout=20,
+            )  # fmt: skip
+            assert result.ok, result.output[-2500:]
+    finally:
+        transport.close()
+    times = [t for t, _ in counter.arrivals]
+    assert len(times) > 60  # media flowed after the ACK carried the answer (late offer)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) >= 0.8  # nothing was sent while the caller held us (about 1 s)
+    held_from = times[gaps.index(max(gaps))]
+    assert any(t > held_from + 0.8 for t in times)  # and media resumed after retrieve

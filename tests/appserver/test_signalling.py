@@ -149,7 +149,7 @@ async def test_invite_beyond_channels_gets_server_busy_response_without_18x(tmp_
 
 async def test_app_reject_before_any_18x(tmp_path: Path) -> None:
     async with running_appserver(
-        tmp_path, app={"handler": "tests.apps:reject", "settings": {"code": 480}}
+        tmp_path, app={"handler": "sipha.apps.reject:main", "settings": {"code": 480}}
     ) as server:
         await sipp_expect(tmp_path, sip_port(server), invite_expect_reject(480), 3)
         assert server.counters == {"rejected_app": 3}
@@ -220,3 +220,24 @@ async def test_admin_status_and_metrics(tmp_path: Path) -> None:
             text = await r.text()
         assert "sipha_maintenance 1.0" in text
         assert 'sipha_maintenance_source{source="drain"} 1.0' in text
+
+
+async def test_sighup_reloads_the_config(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    async with running_appserver(tmp_path) as server, prober(server) as probe:
+        assert await probe.code() == 200
+        # stop the file watcher so that only SIGHUP can bring the edit in
+        for task in list(server._tasks):
+            if task.get_coro().__qualname__ == "ConfigHolder.watch":  # type: ignore[union-attr]
+                task.cancel()
+        await asyncio.sleep(0.1)
+        text = server.holder.path.read_text().replace(
+            "[channels]", "[options]\nmaint_response = 480\n[channels]"
+        )
+        server.holder.path.write_text(text)
+        await asyncio.sleep(0.5)
+        assert await probe.code() == 200  # not applied yet
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert await probe.wait_for_code(480, timeout=2.0) < 0.5
