@@ -150,8 +150,9 @@ async def test_prompt_plays_rtp_at_50_pps_and_collects_rfc4733_dtmf(tmp_path: Pa
 def late_offer_hold_scenario(rtp_port: int) -> str:
     """INVITE without SDP (our offer comes in the 200, SIPp answers in the ACK), then a
     re-INVITE putting us on hold (sendonly), then one retrieving the call."""
-    sdp = lambda direction: (
-        f"""v=0
+
+    def sdp(direction: str) -> str:
+        return f"""v=0
       o=user1 53655765 2353687637 IN IP4 127.0.0.1
       s=-
       c=IN IP4 127.0.0.1
@@ -160,7 +161,7 @@ def late_offer_hold_scenario(rtp_port: int) -> str:
       a=rtpmap:0 PCMU/8000
       a=rtpmap:101 telephone-event/8000
       a={direction}"""
-    )  # noqa: E731
+
     head = """      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag[call_number]
       To: <sip:ivr@[remote_ip]:[remote_port]>{tag}
