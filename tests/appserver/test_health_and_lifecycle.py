@@ -36,8 +36,11 @@ class Backend:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        async def health(_: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
         app = web.Application()
-        app.router.add_get("/health", lambda _: web.json_response({"ok": True}))
+        app.router.add_get("/health", health)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
