@@ -57,6 +57,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     app.add_argument("-c", "--config", required=True, metavar="FILE", help="appserver TOML file")
 
+    edge = sub.add_parser(
+        "edge",
+        help="run the edge: stateful proxy, registrar and dispatcher (foreground)",
+        description="Run the edge in the foreground, logging to stderr: pools of application "
+        "servers probed with OPTIONS and re-routed on failure, a registrar for the configured "
+        "domains, and a proxy that refuses to relay anywhere else. SIGTERM stops it.",
+    )
+    edge.add_argument("-c", "--config", required=True, metavar="FILE", help="edge TOML file")
+
     ctl = sub.add_parser(
         "ctl",
         help="talk to a running role's admin API: status, drain, undrain",
@@ -162,19 +171,22 @@ async def _demo(calls: int, transport: str) -> int:
         return 0 if failed == 0 else 1
 
 
-def _run_appserver(config: str) -> int:
-    from .appserver.server import run
+def _run_role(role: str, config: str) -> int:
     from .config import ConfigError
     from .stack import install_uvloop
 
+    if role == "edge":
+        from .edge.server import run
+    else:
+        from .appserver.server import run
     install_uvloop()
     try:
         return asyncio.run(run(config))
     except ConfigError as exc:
-        print(f"sipha appserver: {exc}", file=sys.stderr)
+        print(f"sipha {role}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"sipha appserver: cannot start: {exc}", file=sys.stderr)
+        print(f"sipha {role}: cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -192,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "appserver":
-        return _run_appserver(args.config)
+        return _run_role("appserver", args.config)
+    if args.command == "edge":
+        return _run_role("edge", args.config)
     if args.command == "ctl":
         from .ctl import run_ctl
 

@@ -164,9 +164,13 @@ class SipStack:
         ssl_client: ssl.SSLContext | None = None,
         user_agent: str = USER_AGENT,
         auto_trying: bool = True,
+        proxy: bool = False,
     ) -> None:
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:127.0.0.1:0"])]
-        self.layer = TransactionLayer(timers, auto_trying=auto_trying)
+        # a proxy neither retransmits 2xx itself nor ends a CANCELled INVITE with its own
+        # 487: it forwards the CANCEL and relays what the downstream side answers
+        self.proxy = proxy
+        self.layer = TransactionLayer(timers, auto_trying=auto_trying, uas_2xx_retransmit=not proxy)
         self.transports = TransportManager(
             self._on_message,
             self._on_transport_failure,
@@ -180,6 +184,11 @@ class SipStack:
         self.handler: RequestHandler | None = None
         self.stray_handler: Callable[[Response, Target], None] | None = None
         self.server_timeout_handler: Callable[[ServerTransaction], None] | None = None
+        # consulted before a new request reaches the transaction layer: None lets it in,
+        # 0 drops it silently, a status code answers it statelessly (a flood, a scanner)
+        self.request_filter: (
+            Callable[[Request, Target], tuple[int, list[tuple[str, str]]] | None] | None
+        ) = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -253,6 +262,16 @@ class SipStack:
         except ParseError as exc:
             self._reject(msg, source, exc)
             return
+        if self.request_filter is not None and msg.method != "ACK":
+            verdict = self.request_filter(msg, source)
+            if verdict is not None:
+                status, headers = verdict
+                if status:
+                    resp = make_response(msg, status)
+                    for name, value in headers:
+                        resp.headers.add(name, value)
+                    self._send_response_stateless(msg, resp, source)
+                return
         self.layer.receive_request(msg, source, now)
 
     @staticmethod
@@ -382,7 +401,7 @@ class SipStack:
             owner = event.transaction.owner
             if isinstance(owner, IncomingRequest):
                 owner.cancelled.set()
-                if not event.transaction.final_sent:
+                if not event.transaction.final_sent and not self.proxy:
                     owner.respond(487)  # §9.2: the UAS core ends the INVITE
         elif isinstance(event, StrayResponse):
             if self.stray_handler is not None:
@@ -469,9 +488,12 @@ class SipStack:
         """Send outside any transaction: the ACK for a 2xx, a proxy's 2xx forward."""
         self.transports.send(bytes(message), target)
 
-    def _respond(self, txn: ServerTransaction, response: Response) -> None:
+    def respond(self, txn: ServerTransaction, response: Response) -> None:
+        """Send a response in a server transaction (a proxy relaying what it received)."""
         self.layer.respond(txn, response, self.now)
         self._pump()
+
+    _respond = respond
 
     async def resolve_target(self, request: Request) -> Target:
         """Next hop from the top Route (loose routing) or the Request-URI.

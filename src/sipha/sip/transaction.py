@@ -411,9 +411,18 @@ def _dialog_ack_key(msg: Message) -> tuple[str, int, str]:
 class TransactionLayer:
     """Every transaction of one SIP stack, their matching tables and timers."""
 
-    def __init__(self, timers: TimerConfig | None = None, *, auto_trying: bool = True) -> None:
+    def __init__(
+        self,
+        timers: TimerConfig | None = None,
+        *,
+        auto_trying: bool = True,
+        uas_2xx_retransmit: bool = True,
+    ) -> None:
         self.timers = timers or TimerConfig()
         self.auto_trying = auto_trying
+        # a UAS core retransmits its 2xx until the ACK (§13.3.1.4); a proxy forwards the
+        # downstream retransmissions instead (RFC 6026 §8.7), so it turns this off
+        self.uas_2xx_retransmit = uas_2xx_retransmit
         self.client: dict[tuple[str, ...], ClientTransaction] = {}
         self.server: dict[tuple[str, ...], ServerTransaction] = {}
         self._acks: dict[tuple[str, int, str], ServerTransaction] = {}
@@ -461,6 +470,7 @@ class TransactionLayer:
             return
         txn = ServerTransaction(self, request, response_target(request, source), key)
         txn.source = source
+        txn.retransmit_2xx = self.uas_2xx_retransmit
         self.server[key] = txn
         txn.start(now, self.auto_trying)
         self.events.append(RequestReceived(txn, request, source))

@@ -1,0 +1,134 @@
+"""The edge's config file: [sip], [admin], [registrar], [[pool]], [protection], [server]."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..appserver.config import AdminSection, SipSection
+from ..config import Strict
+from ..sip.errors import ParseError
+from ..sip.uri import SipURI, parse_uri
+
+ALGORITHMS = ("round-robin", "weighted", "priority", "least-calls", "hash-callid")
+# Kamailio dispatcher / SBC alternative-reasons defaults: failures that mean "try elsewhere"
+DEFAULT_ALTERNATIVE = [408, 480, 486, 488, 500, 502, 503, 504, 603]
+
+
+class EdgeAdmin(AdminSection):
+    listen: str = "127.0.0.1:8060"
+
+
+class EdgeSip(SipSection):
+    listen: list[str] = Field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
+    user_agent: str = "sipha-edge"
+    timer_c: float = Field(180.0, ge=1, le=3600)  # RFC 3261 §16.6 step 11: INVITE after 1xx
+
+
+class Destination(Strict):
+    uri: str
+    weight: int = Field(1, ge=0, le=1000)
+    priority: int = Field(0, ge=0, le=1000)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        try:
+            uri = parse_uri(v)
+        except ParseError as exc:
+            raise ValueError(f"not a SIP URI: {exc.reason}") from None
+        if not isinstance(uri, SipURI):
+            raise ValueError("must be a sip: or sips: URI")
+        return v
+
+
+class Pool(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    match: str  # regex on the Request-URI; the first matching pool wins
+    algorithm: Literal["round-robin", "weighted", "priority", "least-calls", "hash-callid"] = (
+        "round-robin"
+    )
+    probe_interval: float = Field(5.0, gt=0, le=3600)  # OPTIONS keep-alive period
+    probe_timeout: float = Field(2.0, gt=0, le=60)
+    probe_ok_codes: list[int] = Field(default_factory=list)  # non-2xx codes that still mean "alive"
+    fall: int = Field(1, ge=1, le=100)
+    rise: int = Field(1, ge=1, le=100)
+    alternative_reasons: list[int] = Field(default_factory=lambda: list(DEFAULT_ALTERNATIVE))
+    invite_timeout: float = Field(2.0, gt=0, le=300)  # no response at all -> next destination
+    reroute_after_provisional: Literal["never", "hold", "always"] = "never"
+    destination: list[Destination] = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("alternative_reasons", "probe_ok_codes")
+    @classmethod
+    def _codes(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not 100 <= c <= 699]
+        if bad:
+            raise ValueError(f"SIP codes are 100..699, got {bad}")
+        return v
+
+
+class Registrar(Strict):
+    domains: list[str] = Field(default_factory=list)
+    users_file: str | None = None  # digest credentials (HA1); none = registration without auth
+    store: str = "memory"  # or redis://host:port/db to share bindings across edge nodes
+    min_expires: int = Field(60, ge=1)  # RFC 3261 §10.3 step 7: 423 below it
+    max_expires: int = Field(3600, ge=1)
+    default_expires: int = Field(3600, ge=1)  # RFC 3261 §10.2.1.1
+    nonce_ttl: float = Field(300.0, gt=0)  # digest nonce lifetime, then stale=true
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://")):
+            raise ValueError('must be "memory" or a redis:// URL')
+        return v
+
+    @model_validator(mode="after")
+    def _expires(self) -> Registrar:
+        if not self.min_expires <= self.default_expires <= self.max_expires:
+            raise ValueError("need min_expires <= default_expires <= max_expires")
+        return self
+
+
+class Protection(Strict):
+    rate: float = Field(200.0, gt=0)  # requests/s per source address (token bucket refill)
+    burst: int = Field(400, ge=1)  # bucket size
+    hard_limit: float = Field(1000.0, gt=0)  # above this rate requests are dropped silently
+    retry_after: int = Field(5, ge=1)  # seconds, in the 503 sent to a flooding source
+    max_transactions: int = Field(10000, ge=10)  # new requests beyond it get 503
+    drop_user_agents: list[str] = Field(
+        default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli"]
+    )
+
+
+class EdgeServerSection(Strict):
+    shutdown_grace: float = Field(30.0, ge=0)
+    node_name: str = ""  # shown in status; defaults to the first SIP listen address
+
+
+class EdgeConfig(Strict):
+    sip: EdgeSip = Field(default_factory=EdgeSip)
+    admin: EdgeAdmin = Field(default_factory=EdgeAdmin)
+    registrar: Registrar = Field(default_factory=Registrar)
+    pool: list[Pool] = Field(default_factory=list)
+    protection: Protection = Field(default_factory=Protection)
+    server: EdgeServerSection = Field(default_factory=EdgeServerSection)
+
+    @field_validator("pool")
+    @classmethod
+    def _unique(cls, v: list[Pool]) -> list[Pool]:
+        names = [p.name for p in v]
+        if len(set(names)) != len(names):
+            raise ValueError("pool names must be unique")
+        return v

@@ -1,0 +1,70 @@
+"""Prometheus metrics of one edge node."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+if TYPE_CHECKING:
+    from .server import EdgeServer
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        labels = ["pool", "destination"]
+        self.calls = Gauge(
+            "sipha_edge_destination_calls", "INVITEs sent to a destination", labels, registry=r
+        )
+        self.answered = Gauge(
+            "sipha_edge_destination_answered", "Calls a destination answered", labels, registry=r
+        )
+        self.rerouted = Gauge(
+            "sipha_edge_destination_rerouted",
+            "Calls moved away from a destination",
+            labels,
+            registry=r,
+        )
+        self.failed = Gauge(
+            "sipha_edge_destination_failed", "Final failures by code", [*labels, "code"], registry=r
+        )
+        self.state = Gauge(
+            "sipha_edge_destination_up", "1 when a destination takes calls", labels, registry=r
+        )
+        self.latency = Gauge(
+            "sipha_edge_probe_latency_ms", "Last OPTIONS probe round trip", labels, registry=r
+        )
+        self.destination_transitions = Counter(
+            "sipha_edge_destination_transitions",
+            "Probe up/down transitions",
+            [*labels, "state"],
+            registry=r,
+        )
+        self.pool_rerouted = Gauge(
+            "sipha_edge_pool_rerouted", "Re-routed calls", ["pool"], registry=r
+        )
+        self.limited = Gauge(
+            "sipha_edge_rate_limited", "Requests answered 503 by the rate limit", registry=r
+        )
+        self.dropped = Gauge(
+            "sipha_edge_dropped", "Requests dropped (hard limit, scanners)", registry=r
+        )
+
+    def update(self, edge: EdgeServer) -> None:
+        for pool in edge.pools:
+            self.pool_rerouted.labels(pool.name).set(pool.rerouted)
+            for d in pool.destinations:
+                lab = (pool.name, str(d.index))
+                self.calls.labels(*lab).set(d.calls)
+                self.answered.labels(*lab).set(d.answered)
+                self.rerouted.labels(*lab).set(d.rerouted)
+                self.state.labels(*lab).set(1 if d.selectable else 0)
+                self.latency.labels(*lab).set(d.latency.last_ms)
+                for code, n in d.failed_by_code.items():
+                    self.failed.labels(*lab, str(code)).set(n)
+        self.limited.set(edge.guard.limited)
+        self.dropped.set(edge.guard.dropped + edge.guard.scanners)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,191 @@
+"""The store shared by several edge nodes, in Redis.
+
+A Redis outage does not stop routing: every read and write also updates a local mirror,
+reads fall back to it, and writes made meanwhile are queued and written back when Redis
+answers again. The outage is logged loudly once, and its end too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .base import Binding
+from .memory import MemoryStore
+
+log = logging.getLogger("sipha.store.redis")
+
+PREFIX = "sipha:"
+TIMEOUT = 0.5  # s per Redis operation: routing must never wait long for the store
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    def __init__(self, url: str, node: str) -> None:
+        self.url = url
+        self.node = node
+        self.client = aioredis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+        self.local = MemoryStore()
+        self.down = False
+        self.down_since = 0.0
+        self._pending_bindings: dict[str, list[Binding]] = {}
+        self._pending_states: dict[str, str] = {}
+        self._pending_calls: dict[str, int] = {}
+        self._healer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+
+    async def close(self) -> None:
+        if self._healer is not None:
+            self._healer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._healer
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
+
+    def _outage(self, exc: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            self.down_since = time.time()
+            log.error(
+                "REDIS UNREACHABLE (%s): routing on the last known state; writes are queued", exc
+            )
+        if self._healer is None or self._healer.done():
+            self._healer = asyncio.ensure_future(self._heal())
+
+    async def _heal(self) -> None:
+        while self.down:
+            await asyncio.sleep(1.0)
+            try:
+                await self.client.ping()
+                await self._flush()
+            except (RedisError, OSError):
+                continue
+            log.error(
+                "redis reachable again after %.1f s: queued writes written back",
+                time.time() - self.down_since,
+            )
+            self.down = False
+
+    async def _flush(self) -> None:
+        for aor, bindings in list(self._pending_bindings.items()):
+            await self._write_bindings(aor, bindings)
+            del self._pending_bindings[aor]
+        for key, state in list(self._pending_states.items()):
+            await self.client.hset(PREFIX + "dest_state", key, state)
+            del self._pending_states[key]
+        for key, delta in list(self._pending_calls.items()):
+            await self.client.hincrby(PREFIX + "calls", key, delta)
+            del self._pending_calls[key]
+
+    # -- registrations -----------------------------------------------------------------------
+    async def _write_bindings(self, aor: str, bindings: list[Binding]) -> None:
+        key = PREFIX + "reg:" + aor
+        if not bindings:
+            await self.client.delete(key)
+            return
+        ttl = max(1, int(max(b.expires_at for b in bindings) - time.time()) + 1)
+        await self.client.set(key, json.dumps([b.to_dict() for b in bindings]), ex=ttl)
+
+    async def get_bindings(self, aor: str) -> list[Binding]:
+        if not self.down:
+            try:
+                raw = await self.client.get(PREFIX + "reg:" + aor)
+                now = time.time()
+                bindings = [Binding.from_dict(d) for d in json.loads(raw)] if raw else []
+                live = [b for b in bindings if b.expires_at > now]
+                await self.local.set_bindings(aor, live)
+                return live
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        return await self.local.get_bindings(aor)
+
+    async def set_bindings(self, aor: str, bindings: list[Binding]) -> None:
+        await self.local.set_bindings(aor, bindings)
+        if not self.down:
+            try:
+                await self._write_bindings(aor, bindings)
+                return
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        self._pending_bindings[aor] = list(bindings)
+
+    async def all_bindings(self) -> dict[str, list[Binding]]:
+        if not self.down:
+            try:
+                out: dict[str, list[Binding]] = {}
+                async for key in self.client.scan_iter(match=PREFIX + "reg:*", count=500):
+                    aor = _text(key)[len(PREFIX) + 4 :]
+                    live = await self.get_bindings(aor)
+                    if live:
+                        out[aor] = live
+                return out
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        return await self.local.all_bindings()
+
+    # -- admin states and call counts ----------------------------------------------------------
+    async def get_admin_states(self) -> dict[str, str]:
+        if not self.down:
+            try:
+                raw = await self.client.hgetall(PREFIX + "dest_state")
+                states = {_text(k): _text(v) for k, v in raw.items()}
+                for k, v in states.items():
+                    await self.local.set_admin_state(k, v)
+                return states
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        return await self.local.get_admin_states()
+
+    async def set_admin_state(self, key: str, state: str) -> None:
+        await self.local.set_admin_state(key, state)
+        if not self.down:
+            try:
+                await self.client.hset(PREFIX + "dest_state", key, state)
+                return
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        self._pending_states[key] = state
+
+    async def add_active_calls(self, key: str, delta: int) -> int:
+        value = await self.local.add_active_calls(key, delta)
+        if not self.down:
+            try:
+                return int(await self.client.hincrby(PREFIX + "calls", key, delta))
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        self._pending_calls[key] = self._pending_calls.get(key, 0) + delta
+        return value
+
+    async def get_active_calls(self) -> dict[str, int]:
+        if not self.down:
+            try:
+                raw = await self.client.hgetall(PREFIX + "calls")
+                return {_text(k): max(0, int(v)) for k, v in raw.items()}
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        return await self.local.get_active_calls()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "redis",
+            "url": self.url.split("@")[-1],  # never show credentials
+            "reachable": not self.down,
+            "queued_writes": len(self._pending_bindings)
+            + len(self._pending_states)
+            + len(self._pending_calls),
+        }
