@@ -16,7 +16,10 @@ def pool(algorithm: str, *dests: tuple[int, int], fall: int = 1, rise: int = 1) 
             algorithm=algorithm,  # type: ignore[arg-type]
             fall=fall,
             rise=rise,
-            destination=[{"uri": f"sip:10.0.0.{i}", "weight": w, "priority": p} for i, (w, p) in enumerate(dests)],  # type: ignore[misc]
+            destination=[
+                {"uri": f"sip:10.0.0.{i}", "weight": w, "priority": p}
+                for i, (w, p) in enumerate(dests)
+            ],  # type: ignore[misc]
         )
     )
 

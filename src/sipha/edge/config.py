@@ -25,6 +25,10 @@ class EdgeSip(SipSection):
     listen: list[str] = Field(default_factory=lambda: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"])
     user_agent: str = "sipha-edge"
     timer_c: float = Field(180.0, ge=1, le=3600)  # RFC 3261 §16.6 step 11: INVITE after 1xx
+    # RFC 3261 §16.7 says a proxy SHOULD turn a chosen 503 into 500 (Kamailio's
+    # remap_503_500 does); an SBC relays it as is, which is what callers behind an SBC
+    # expect, so sipha relays it unless asked to remap
+    remap_503: bool = False
 
 
 class Destination(Strict):

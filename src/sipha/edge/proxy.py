@@ -48,7 +48,7 @@ def loop_hash(request: Request) -> str:
 
 
 def best_response(responses: list[Response]) -> Response:
-    """RFC 3261 §16.7 step 6: 6xx first, else the lowest class; 503 is sent as 500."""
+    """RFC 3261 §16.7 step 6: a 6xx first, else the lowest class."""
     six = [r for r in responses if r.status >= 600]
     if six:
         return six[0]
@@ -143,7 +143,7 @@ class Proxy:
     def relay(self, pc: ProxyCall, response: Response) -> None:
         up = Response(response.status, response.reason, response.headers.copy(), response.body)
         up.headers.pop_first_value("Via")
-        if up.status == 503:
+        if up.status == 503 and self.server.config.sip.remap_503:
             up.status, up.reason = 500, "Server Internal Error"  # §16.7 step 6
         txn = pc.incoming.transaction
         if txn is None:
