@@ -3,7 +3,6 @@ transport errors, provisional-response rules, probing, weights, open relay."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -209,9 +208,10 @@ async def test_open_relay_is_refused(tmp_path: Path) -> None:
 
 
 async def test_no_destination_left_gets_503_retry_after(tmp_path: Path) -> None:
-    async with sipp_destination(tmp_path, destination(REJECT_503)) as a:
-        async with running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}"])]) as edge:
-            await wait_dest_state(edge, 0, 0, "active")
-            await calls_through(tmp_path, edge, "503", n=2)
-            assert edge.pools[0].exhausted == 2
-            await asyncio.sleep(0)
+    async with (
+        sipp_destination(tmp_path, destination(REJECT_503)) as a,
+        running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}"])]) as edge,
+    ):
+        await wait_dest_state(edge, 0, 0, "active")
+        await calls_through(tmp_path, edge, "503", n=2)
+        assert edge.pools[0].exhausted == 2
