@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ class Binding:
     node: str = ""  # the edge node that took it
 
     def expires_in(self, now: float | None = None) -> int:
-        return max(0, int(self.expires_at - (now if now is not None else time.time())))
+        return max(0, math.ceil(self.expires_at - (now if now is not None else time.time())))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
