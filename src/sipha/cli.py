@@ -93,6 +93,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--reason", default="", help="free text shown in status")
     ctl_sub.add_parser("undrain", help="end the admin drain")
+    ctl_sub.add_parser("pools", help="edge: pools and destinations with state, probes, calls")
+    sst = ctl_sub.add_parser("state", help="edge: set a destination active, drained or disabled")
+    sst.add_argument("pool", help="pool name")
+    sst.add_argument("index", type=int, help="destination number in the pool (from 0)")
+    sst.add_argument("state", choices=("active", "drained", "disabled"))
+    ctl_sub.add_parser("registrations", help="edge: registered contacts")
 
     imp = sub.add_parser(
         "import-config",

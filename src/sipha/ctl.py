@@ -17,13 +17,21 @@ async def _call(args: argparse.Namespace) -> tuple[int, Any]:
     if args.token_file:
         headers["Authorization"] = f"Bearer {Path(args.token_file).read_text().strip()}"
     base = args.admin.rstrip("/")
+    body: dict[str, Any] | None = None
     if args.action == "status":
-        method, path, body = "GET", "/status", None
+        method, path = "GET", "/status"
     elif args.action == "drain":
         method, path = "POST", "/drain"
         body = {"reason": args.reason} | ({"code": args.code} if args.code else {})
+    elif args.action == "undrain":
+        method, path = "POST", "/undrain"
+    elif args.action == "pools":
+        method, path = "GET", "/pools"
+    elif args.action == "registrations":
+        method, path = "GET", "/registrations"
     else:
-        method, path, body = "POST", "/undrain", None
+        method, path = "POST", f"/pools/{args.pool}/destinations/{args.index}/state"
+        body = {"state": args.state}
     timeout = aiohttp.ClientTimeout(total=5)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
@@ -36,11 +44,53 @@ async def _call(args: argparse.Namespace) -> tuple[int, Any]:
         return resp.status, data
 
 
-def _table(status: dict[str, Any]) -> None:
+def _console() -> Any:
+    """A terminal gets its own width; a pipe (scripts, tests) gets wide rows, not '…'."""
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _pools_table(pools: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    console = Console()
+    colour = {"active": "green", "probing": "red", "drained": "yellow", "disabled": "dim"}
+    for p in pools:
+        t = Table(
+            title=f"pool {p['name']} ({p['algorithm']}): {p['calls']} calls, "
+            f"{p['answered']} answered, {p['rerouted']} re-routed"
+        )
+        for col in (
+            "#",
+            "destination",
+            "state",
+            "last probe",
+            "latency ms",
+            "calls",
+            "answered",
+            "active",
+        ):
+            t.add_column(col)
+        for d in p["destinations"]:
+            t.add_row(
+                str(d["index"]), d["uri"], f"[{colour.get(d['state'], 'white')}]{d['state']}",
+                d["last_probe_reason"] or "-", str(d["probe_latency_ms"]["last"]),
+                str(d["calls"]), str(d["answered"]), str(d["active_calls"]),
+            )  # fmt: skip
+        _console().print(t)
+
+
+def _table(status: dict[str, Any]) -> None:
+    if status.get("role") == "edge":
+        _pools_table(status.get("pools", []))
+        print(
+            f"registrations: {status.get('registrations', 0)}  "
+            f"store: {status.get('store', {}).get('kind')}"
+        )
+        return
+    from rich.table import Table
+
+    console = _console()
     m = status.get("maintenance", {})
     ch = status.get("channels", {})
     t = Table(title=f"sipha {status.get('role', '?')}", show_header=False)
@@ -84,8 +134,10 @@ def run_ctl(args: argparse.Namespace) -> int:
             f"sipha ctl: {args.action}: HTTP {status}: {data.get('error', data)}", file=sys.stderr
         )
         return 1
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) or args.action in ("registrations", "state"):
         print(json.dumps(data, indent=2))
+    elif args.action == "pools":
+        _pools_table(data)
     else:
         _table(data)
     return 0

@@ -32,9 +32,8 @@ def admin(edge: object) -> str:
 async def test_admin_pools_state_registrations_metrics(tmp_path: Path) -> None:
     async with (
         sipp_destination(tmp_path, destination(ANSWER)) as a,
-        sipp_destination(tmp_path, destination(ANSWER)) as b,running_edge(
-            tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"])]
-        ) as edge,
+        sipp_destination(tmp_path, destination(ANSWER)) as b,
+        running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"])]) as edge,
         aiohttp.ClientSession() as http,
     ):
         await wait_dest_state(edge, 0, 1, "active")
@@ -204,3 +203,32 @@ async def test_edge_cli_bad_config_exits_2(tmp_path: Path) -> None:
 def test_free_port_helper_binds_other_loopback_addresses() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.2", 0))  # the flood test relies on 127/8 being all loopback
+
+
+async def test_ctl_pools_and_state(tmp_path: Path) -> None:
+    async def ctl(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sipha.cli",
+            "ctl",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+        return proc.returncode or 0, out.decode() + err.decode()
+
+    async with running_edge(
+        tmp_path, [pool("ivr", ["sip:127.0.0.1:9", "sip:127.0.0.1:11"], probe_interval=60)]
+    ) as edge:
+        url = admin(edge)
+        rc, out = await ctl("--admin", url, "state", "ivr", "1", "disabled")
+        assert rc == 0 and '"state": "disabled"' in out
+        assert edge.pools[0].destinations[1].state == "disabled"
+        rc, out = await ctl("--admin", url, "pools")
+        assert rc == 0 and "disabled" in out and "sip:127.0.0.1:11" in out
+        rc, out = await ctl("--admin", url, "state", "nope", "0", "active")
+        assert rc == 1 and "404" in out
+        rc, out = await ctl("--admin", url, "status")
+        assert rc == 0 and "pool ivr" in out

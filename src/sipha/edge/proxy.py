@@ -32,15 +32,18 @@ log = logging.getLogger("sipha.edge.proxy")
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
 
-def loop_hash(request: Request) -> str:
-    """RFC 3261 §16.6 step 8: a hash of what decides routing, for loop detection."""
+def loop_hash(request: Request, top_via: str | None = None) -> str:
+    """RFC 3261 §16.6 step 8: a hash of what decides routing, for loop detection.
+
+    ``top_via``: the Via that was on top when the request reached us (default: the top one).
+    """
     parts = [
         request.uri_text,
         request.to.tag or "",
         request.from_.tag or "",
         request.call_id,
         str(request.cseq.number),
-        str(request.top_via),
+        top_via if top_via is not None else str(request.top_via),
         request.headers.get("proxy-require") or "",
         ",".join(request.headers.get_all("route")),
     ]
@@ -133,10 +136,13 @@ class Proxy:
         ours = {
             self._our_hostport(s.transport, s.family_v6).lower() for s in self.stack.listen_specs
         }
-        h = loop_hash(request)
-        for via in list(request.via)[1:] if len(request.via) > 1 else []:
-            if via.sent_by.lower() in ours and (via.branch or "").startswith(MAGIC_COOKIE + h):
-                return True
+        vias = list(request.via)
+        for i, via in enumerate(vias[:-1]):
+            if via.sent_by.lower() in ours:
+                # the Via under ours was on top when we forwarded it the first time
+                h = loop_hash(request, str(vias[i + 1]))
+                if (via.branch or "").startswith(MAGIC_COOKIE + h):
+                    return True
         return False
 
     # -- relaying back -----------------------------------------------------------------------
@@ -200,10 +206,10 @@ class Proxy:
         return branch
 
     def _on_provisional(self, pc: ProxyCall, branch: Branch, resp: Response) -> None:
-        if branch.abandoned:
-            if branch.cancel_pending and branch.txn is not None:
-                branch.cancel_pending = False
-                self.stack.cancel(branch.txn)
+        if branch.cancel_pending and branch.txn is not None:
+            branch.cancel_pending = False
+            self.stack.cancel(branch.txn)
+        if branch.abandoned or pc.cancelled:
             return
         branch.provisional = True
         if resp.status == 100:
@@ -245,7 +251,11 @@ class Proxy:
         self._next_or_finish(pc, branch, None)
 
     def _abandon(self, branch: Branch) -> None:
+        """Give up on a branch: whatever it answers later is not relayed."""
         branch.abandoned = True
+        self._cancel_branch(branch)
+
+    def _cancel_branch(self, branch: Branch) -> None:
         if branch.timer is not None:
             branch.timer.cancel()
         if branch.txn is not None:
@@ -370,9 +380,11 @@ class Proxy:
             if not b.abandoned and b.future is not None and not b.future.done()
         ]
         for b in pending:
-            self._abandon(b)
+            self._cancel_branch(b)  # §16.10: their 487s come back and are relayed
         if not any(b.provisional for b in pending):
-            # nobody downstream will send a 487: end the INVITE ourselves (§16.10)
+            # nobody downstream can send a 487 yet: end the INVITE ourselves
+            for b in pending:
+                b.abandoned = True
             self.reply(pc, 487)
 
     def _finish(self, pc: ProxyCall) -> None:
