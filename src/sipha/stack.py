@@ -47,7 +47,7 @@ from .sip.uri import SipURI
 
 log = logging.getLogger("sipha.stack")
 
-USER_AGENT = "sipha/0.2"
+USER_AGENT = "sipha/0.3"
 
 
 class TransactionTimeoutError(SipError, TimeoutError):
