@@ -220,3 +220,17 @@ async def test_redis_outage_keeps_routing_and_writes_back(
         }
         async with running_edge(tmp_path / "n2", registrar=reg) as n2:
             assert len(await n2.registrar.lookup(f"sip:alice@{REALM}")) == 1
+
+
+async def test_register_out_of_order_cseq_is_refused(tmp_path: Path) -> None:
+    async with (
+        running_edge(tmp_path, registrar={"domains": [REALM]}) as edge,
+        SipStack(["udp:127.0.0.1:0"]) as stack,
+    ):
+        ua = Registering(stack, edge.stack.local().port)
+        ua.cseq = 5
+        assert (await ua.send(ua.request())).status == 200  # CSeq 6
+        ua.cseq = 2
+        late = await ua.send(ua.request())  # CSeq 3, same Call-ID: an old retransmission
+        assert late.status == 500
+        assert (await edge.registrar.lookup(f"sip:alice@{REALM}"))[0].cseq == 6

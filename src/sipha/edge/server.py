@@ -24,6 +24,7 @@ from aiohttp import web
 from ..admin.http import AdminServer, read_token
 from ..config import ConfigError, load_config
 from ..sip.errors import ParseError
+from ..sip.headers import parse_address
 from ..sip.message import Request
 from ..sip.transaction import Target
 from ..sip.uri import SipURI, parse_uri
@@ -129,6 +130,13 @@ class EdgeServer:
         if uri.scheme not in ("sip", "sips"):
             incoming.respond(416)
             return
+        if req.route and uri.user is None and self._is_us(uri):
+            # §16.4: a strict router put our Record-Route in the Request-URI; the real
+            # Request-URI is the last Route entry
+            last = req.headers.pop_last_value("Route")
+            if last is not None:
+                req.uri = parse_address(last, "Route").uri
+                uri = req.uri
         self._pop_own_routes(req)
         if req.to.tag or req.route:
             await self._forward_in_dialog(incoming)

@@ -223,6 +223,22 @@ class Headers:
             self._delete(i)
         return parts[0]
 
+    def pop_last_value(self, name: str) -> str | None:
+        """Remove the last element of a (list) field: the remote target a strict router left."""
+        key = header_key(name)
+        indexes = [i for i, k in enumerate(self._keys) if k == key]
+        if not indexes:
+            return None
+        i = indexes[-1]
+        self._cache.pop(key, None)
+        v = self._values[i]
+        parts = split_list(v) if key in LIST_FIELDS else [v]
+        if len(parts) > 1:
+            self._values[i] = ", ".join(parts[:-1])
+        else:
+            self._delete(i)
+        return parts[-1]
+
     def set_first_value(self, name: str, value: str) -> None:
         """Replace the first element of a (list) field: a stamped Via, a rewritten Route."""
         key = header_key(name)
