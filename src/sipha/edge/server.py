@@ -130,7 +130,7 @@ class EdgeServer:
         if uri.scheme not in ("sip", "sips"):
             incoming.respond(416)
             return
-        if req.route and uri.user is None and self._is_us(uri):
+        if req.route and isinstance(uri, SipURI) and uri.user is None and self._is_us(uri):
             # §16.4: a strict router put our Record-Route in the Request-URI; the real
             # Request-URI is the last Route entry
             last = req.headers.pop_last_value("Route")
