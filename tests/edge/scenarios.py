@@ -35,7 +35,6 @@ def reply(code: str, extra: str = "", sdp: bool = False, rrs: bool = False) -> s
 OPTIONS_BRANCH = """
   <label id="options"/>
   {reply}
-  <pause milliseconds="10"/>
 """
 
 
@@ -46,10 +45,9 @@ def destination(invite_flow: str, options_code: str = "200 OK") -> str:
   <recv request="OPTIONS" optional="true" next="options"/>
   <recv request="INVITE" rrs="true"/>
 {invite_flow}
+{OPTIONS_BRANCH.format(reply=reply(options_code))}
   <label id="end"/>
   <nop/>
-  <label id="skip"/>
-{OPTIONS_BRANCH.format(reply=reply(options_code))}
 </scenario>
 """
 
