@@ -189,6 +189,9 @@ class SipStack:
         self.request_filter: (
             Callable[[Request, Target], tuple[int, list[tuple[str, str]]] | None] | None
         ) = None
+        # consulted for every message before it is parsed: True drops it (a flooding source
+        # over its hard limit costs a dict lookup instead of a parse)
+        self.source_filter: Callable[[Target], bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -231,6 +234,8 @@ class SipStack:
 
     # -- input path ------------------------------------------------------------------------
     def _on_message(self, data: bytes, source: Target, spec: ListenSpec) -> None:
+        if self.source_filter is not None and self.source_filter(source):
+            return
         try:
             self._receive(data, source, spec)
         except Exception:

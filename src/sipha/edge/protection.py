@@ -39,6 +39,17 @@ class Guard:
         self.scanners = 0
         self.overload = 0
 
+    def over_hard_limit(self, source: Target) -> bool:
+        """Before parsing: a source sending more than ``hard_limit``/s is dropped at once."""
+        b = self._buckets.get(source.host)
+        if b is None or time.monotonic() - b.window_start >= 1.0:
+            return False  # unknown, or a new second: the full check runs (and resets it)
+        if b.window_count > self.cfg.hard_limit:
+            b.window_count += 1
+            self.dropped += 1
+            return True
+        return False
+
     def __call__(
         self, request: Request, source: Target
     ) -> tuple[int, list[tuple[str, str]]] | None:

@@ -62,6 +62,7 @@ class EdgeServer:
             cfg.protection, lambda: len(self.stack.layer.server) + len(self.stack.layer.client)
         )
         self.stack.request_filter = self.guard
+        self.stack.source_filter = self.guard.over_hard_limit
         self.stack.handler = self._on_request
         self.stack.stray_handler = self._on_stray_response
         self.admin: AdminServer | None = None
