@@ -80,9 +80,12 @@ def edge_port(edge: EdgeServer) -> int:
 async def wait_dest_state(
     edge: EdgeServer, pool_index: int, dest_index: int, state: str, timeout: float = 10.0
 ) -> float:
+    """Wait for a destination state; "active" also needs an answered probe (destinations
+    start presumed up, so the state alone does not prove the peer is there)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while edge.pools[pool_index].destinations[dest_index].state != state:
+    dest = edge.pools[pool_index].destinations[dest_index]
+    while dest.state != state or (state == "active" and dest.last_probe_code is None):
         if loop.time() - start > timeout:
             d = edge.pools[pool_index].destinations[dest_index]
             raise AssertionError(

@@ -100,8 +100,17 @@ async def test_register_digest_sha256_wrong_password_stale_and_replay(tmp_path: 
         assert edge.registrar.auth_failures >= 2
         # a call to a user the users file does not know: 404; to a known one not registered: 480
         for user, code in (("mallory", 404), ("bob", 480)):
-            h = Headers.of(("From", "<sip:x@127.0.0.1>;tag=1"), ("To", f"<sip:{user}@{REALM}>"), ("Call-ID", f"c-{user}"), ("CSeq", "1 INVITE"), ("Contact", "<sip:x@127.0.0.1>"))
-            resp = await stack.request(Request("INVITE", f"sip:{user}@{REALM}", h), Target("udp", "127.0.0.1", edge.stack.local().port))
+            h = Headers.of(
+                ("From", "<sip:x@127.0.0.1>;tag=1"),
+                ("To", f"<sip:{user}@{REALM}>"),
+                ("Call-ID", f"c-{user}"),
+                ("CSeq", "1 INVITE"),
+                ("Contact", "<sip:x@127.0.0.1>"),
+            )
+            resp = await stack.request(
+                Request("INVITE", f"sip:{user}@{REALM}", h),
+                Target("udp", "127.0.0.1", edge.stack.local().port),
+            )
             assert resp.status == code
 
 
