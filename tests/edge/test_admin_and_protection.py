@@ -36,6 +36,7 @@ async def test_admin_pools_state_registrations_metrics(tmp_path: Path) -> None:
         running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"])]) as edge,
         aiohttp.ClientSession() as http,
     ):
+        await wait_dest_state(edge, 0, 0, "active")
         await wait_dest_state(edge, 0, 1, "active")
         async with http.get(admin(edge) + "/pools") as r:
             pools = await r.json()
