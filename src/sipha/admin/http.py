@@ -7,10 +7,13 @@ constant time. The token never appears in logs.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -71,3 +74,31 @@ class AdminServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def start_admin(
+    config_path: Path, admin: Any, routes: list[web.RouteDef]
+) -> AdminServer | None:
+    """Start a role's admin API from its ``[admin]`` section (None when ``listen = ""``)."""
+    from ..config import ConfigError
+
+    if not admin.listen:
+        return None
+    token = None
+    if admin.token_file:
+        try:
+            token = read_token(config_path.parent / admin.token_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{config_path}: admin.token_file: {exc}") from None
+    server = AdminServer(admin.listen, routes, token)
+    await server.start()
+    return server
+
+
+async def wait_for_stop_signal() -> None:
+    """Until SIGTERM or SIGINT: what ``sipha appserver`` / ``sipha edge`` run for."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

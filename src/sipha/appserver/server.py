@@ -17,14 +17,13 @@ import importlib
 import json
 import logging
 import re
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ..admin.http import AdminServer, read_token
+from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, ConfigHolder
 from ..media.rtp import PortPool
 from ..sip.errors import ParseError
@@ -366,15 +365,7 @@ class AppServer:
     async def start(self) -> None:
         await self.stack.start()
         cfg = self.config
-        if cfg.admin.listen:
-            token = None
-            if cfg.admin.token_file:
-                try:
-                    token = read_token(self.config_path.parent / cfg.admin.token_file)
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"{self.config_path}: admin.token_file: {exc}") from None
-            self.admin = AdminServer(cfg.admin.listen, self.admin_routes(), token)
-            await self.admin.start()
+        self.admin = await start_admin(self.config_path, cfg.admin, self.admin_routes())
         self.health.configure(cfg.health)
         self._spawn(self.holder.watch())
         log.info(
@@ -428,11 +419,7 @@ async def run(config_path: Path | str) -> int:
     """``sipha appserver -c FILE``: run until SIGTERM/SIGINT, then drain."""
     server = AppServer(config_path)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     await server.shutdown()
     return 0
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import signal
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..admin.http import AdminServer, read_token
-from ..config import ConfigError, load_config
+from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
+from ..config import load_config
 from ..sip.errors import ParseError
 from ..sip.headers import parse_address
 from ..sip.message import Request
@@ -420,16 +419,7 @@ class EdgeServer:
     async def start(self) -> None:
         await self.store.start()
         await self.stack.start()
-        cfg = self.config
-        if cfg.admin.listen:
-            token = None
-            if cfg.admin.token_file:
-                try:
-                    token = read_token(self.config_path.parent / cfg.admin.token_file)
-                except (OSError, ValueError) as exc:
-                    raise ConfigError(f"{self.config_path}: admin.token_file: {exc}") from None
-            self.admin = AdminServer(cfg.admin.listen, self.admin_routes(), token)
-            await self.admin.start()
+        self.admin = await start_admin(self.config_path, self.config.admin, self.admin_routes())
         self.prober.start(self.pools)
         self.spawn(self._sync_shared_state())
         log.info(
@@ -452,11 +442,7 @@ class EdgeServer:
 async def run(config_path: Path | str) -> int:
     server = EdgeServer(config_path)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     with contextlib.suppress(Exception):
         await server.close()
     return 0
