@@ -136,7 +136,7 @@ class IncomingRequest:
             raise RuntimeError("an ACK is not answered")
         if "server" not in response.headers and response.status >= 200:
             response.headers.add("Server", self._stack.user_agent)
-        self._stack._respond(self.transaction, response)
+        self._stack.respond(self.transaction, response)
 
 
 RequestHandler = Callable[[IncomingRequest], object]
@@ -497,8 +497,6 @@ class SipStack:
         """Send a response in a server transaction (a proxy relaying what it received)."""
         self.layer.respond(txn, response, self.now)
         self._pump()
-
-    _respond = respond
 
     async def resolve_target(self, request: Request) -> Target:
         """Next hop from the top Route (loose routing) or the Request-URI.

@@ -143,3 +143,32 @@ async def test_max_transactions_gives_503(tmp_path: Path) -> None:
             done, _ = await asyncio.wait(futures, timeout=3)
             assert [f.result().status for f in done] and all(f.result().status == 503 for f in done)
             assert edge.guard.overload >= 1 and len(done) < 8  # the first ones were taken
+
+
+async def test_answered_calls_without_bye_are_forgotten_after_call_memory(
+    tmp_path: Path, monkeypatch: object
+) -> None:
+    import sipha.edge.server as edge_server
+    from sipha.edge.proxy import ProxyCall
+
+    pools = [pool("ivr", ["sip:127.0.0.1:9"], probe_interval=60)]
+    async with running_edge(tmp_path, pools) as edge:
+        dest = edge.pools[0].destinations[0]
+
+        def answered(call_id: str) -> None:
+            h = Headers.of(
+                ("From", "<sip:a@x>;tag=1"),
+                ("To", "<sip:ivr@x>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+            )
+            edge.call_answered(
+                ProxyCall(None, Request("INVITE", "sip:ivr@x", h), pool=edge.pools[0]), dest
+            )  # type: ignore[arg-type]
+
+        answered("first")
+        answered("second")
+        assert dest.active_calls == 2
+        monkeypatch.setattr(edge_server, "CALL_MEMORY", 0.0)  # type: ignore[attr-defined]
+        answered("third")  # the stale ones (their BYE never came) are released
+        assert dest.active_calls == 1 and list(edge._answered) == ["third"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from sipha.sip import Headers, Request
 from sipha.sip.transaction import Target
 from sipha.stack import SipStack
-from sipha.ua import InboundCall, UserAgent, simple_sdp
+from sipha.ua import InboundCall, UserAgent
 from tests.edge.helpers import calls_through, pool, running_edge, sipp_destination, wait_dest_state
 from tests.edge.scenarios import ANSWER, destination
 from tests.sipp import needs_sipp
@@ -101,4 +101,3 @@ async def test_cancel_is_forwarded_to_the_pending_branch(tmp_path: Path) -> None
             final = await asyncio.wait_for(future, 3)
             assert final.status == 487  # the callee's 487, relayed
             await asyncio.wait_for(cancelled.wait(), 3)
-            _ = simple_sdp

@@ -58,7 +58,6 @@ class Call:
         self, server: AppServer, incoming: IncomingRequest, pool: PortPool, media_address: str
     ) -> None:
         req = incoming.request
-        self._server = server
         self._stack: SipStack = server.stack
         self._incoming = incoming
         self._pool = pool

@@ -91,7 +91,6 @@ class HealthMonitor:
         self.states: dict[str, ProbeState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._probes: dict[str, HealthProbe] = {}
-        self._session: object | None = None
 
     def configure(self, probes: list[HealthProbe]) -> None:
         """Apply a (new) probe list: changed probes restart, removed ones stop and count as up."""

@@ -80,7 +80,6 @@ class ProxyCall:
     finals: list[Response] = field(default_factory=list)
     tried: set[int] = field(default_factory=set)
     relayed_18x: bool = False
-    held: Response | None = None
     done: bool = False
     answered: bool = False
     cancelled: bool = False
@@ -95,7 +94,6 @@ class Proxy:
     def __init__(self, server: EdgeServer) -> None:
         self.server = server
         self.stack = server.stack
-        self.calls: dict[int, ProxyCall] = {}
 
     # -- building what goes downstream -----------------------------------------------------
     def _our_hostport(self, transport: str, v6: bool = False) -> str:
@@ -174,7 +172,6 @@ class Proxy:
 
     # -- forwarding ----------------------------------------------------------------------------
     def start(self, pc: ProxyCall) -> None:
-        self.calls[id(pc)] = pc
         pc.watcher = asyncio.ensure_future(self._watch_cancel(pc))
 
     def forward(
@@ -219,8 +216,7 @@ class Proxy:
             branch.timer.cancel()
             branch.timer = self._timer_c(pc, branch)
         if pc.pool is not None and pc.pool.cfg.reroute_after_provisional == "hold":
-            pc.held = resp  # the caller sees only 100 until a 2xx
-            return
+            return  # the caller sees only 100 until a 2xx
         pc.relayed_18x = True
         self.relay(pc, resp)
 
@@ -391,7 +387,6 @@ class Proxy:
         for b in pc.branches:
             if b.timer is not None and (b.future is None or b.future.done()):
                 b.timer.cancel()
-        self.calls.pop(id(pc), None)
         if pc.watcher is not None and pc.watcher is not asyncio.current_task():
             pc.watcher.cancel()
         if pc.on_done is not None:

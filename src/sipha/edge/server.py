@@ -218,7 +218,14 @@ class EdgeServer:
     def call_answered(self, pc: ProxyCall, dest: DestinationRuntime) -> None:
         assert pc.pool is not None
         key = f"{pc.pool.name}/{dest.index}"
-        self._answered[pc.request.call_id] = (key, time.time())
+        now = time.time()
+        # calls whose BYE never passed the edge must not stay counted forever
+        while self._answered:
+            oldest_id, (_, since) = next(iter(self._answered.items()))
+            if now - since < CALL_MEMORY:
+                break
+            self._call_ended(oldest_id)
+        self._answered[pc.request.call_id] = (key, now)
         dest.active_calls += 1
         self.spawn(self.store.add_active_calls(key, 1))
 

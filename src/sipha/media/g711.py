@@ -57,6 +57,3 @@ def encode(samples: array, payload_type: int) -> bytes:  # type: ignore[type-arg
     table = _table(payload_type)
     unsigned = array("H", samples.tobytes())
     return bytes(map(table.__getitem__, unsigned))
-
-
-SILENCE = {0: 0xFF, 8: 0xD5}  # the code for linear 0 in each law

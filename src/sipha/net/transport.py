@@ -306,14 +306,6 @@ class TransportManager:
                     log.debug("closing idle %s connection %s", conn.name, conn.target)
                     conn.close()
 
-    def send_keepalive(self, target: Target) -> bool:
-        """Send an RFC 5626 double-CRLF ping on an open connection."""
-        conn = self._conns.get(target)
-        if conn is None or conn.closed:
-            return False
-        conn.write(b"\r\n\r\n")
-        return True
-
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .errors import ParseError
-from .headers import Address, Headers, parse_address
+from .headers import Address, Headers
 from .message import Request, Response
 from .uri import URI, SipURI
 
@@ -157,7 +157,3 @@ class Dialog:
 def _untagged(addr: Address) -> Address:
     params = {k: v for k, v in addr.params.items() if k != "tag"}
     return Address(uri=addr.uri, display_name=addr.display_name, params=params)
-
-
-def parse_route(text: str) -> Address:
-    return parse_address(text, "Route")

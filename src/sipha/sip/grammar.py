@@ -14,13 +14,10 @@ from .errors import ParseError
 ALPHANUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 MARK = "-_.!~*'()"
 UNRESERVED = ALPHANUM + MARK
-# RFC 3261 §25.1 token: alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~"
-TOKEN_CHARS = frozenset(ALPHANUM + "-.!%*_+`'~")
 USER_SAFE = UNRESERVED + "&=+$,;?/"
 PASSWORD_SAFE = UNRESERVED + "&=+$,"
-PARAM_SAFE = UNRESERVED + "[]/:&+$"
-HEADER_SAFE = UNRESERVED + "[]/?:+$"
 
+# RFC 3261 §25.1 token: alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~"
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 WS = " \t"

@@ -124,7 +124,6 @@ class Transaction:
     state: State = State.TRYING
     timers: dict[str, float] = field(default_factory=dict)
     owner: object = None  # the transaction user's handle (a future, a call...)
-    created: float = 0.0
 
     @property
     def reliable(self) -> bool:
@@ -173,7 +172,6 @@ class ClientTransaction(Transaction):
 
     def start(self, now: float) -> None:
         cfg = self.layer.timers
-        self.created = now
         self._send(self.request)
         if self.is_invite:
             self.state = State.CALLING
@@ -289,7 +287,6 @@ class ServerTransaction(Transaction):
         return self.last_response is not None and self.last_response.status >= 200
 
     def start(self, now: float, auto_trying: bool) -> None:
-        self.created = now
         if self.is_invite:
             self.state = State.PROCEEDING
             if auto_trying:
@@ -504,9 +501,6 @@ class TransactionLayer:
                     failed += 1
         return failed
 
-    def fail_transaction(self, txn: Transaction, reason: str) -> None:
-        txn.transport_failed(reason)
-
     # -- timers ----------------------------------------------------------------------------
     def _schedule(self, deadline: float, txn: Transaction, name: str) -> None:
         self._seq += 1
@@ -552,7 +546,3 @@ class TransactionLayer:
     def drain(self) -> list[Event]:
         events, self.events = self.events, []
         return events
-
-    def find_invite_server(self, request: Request) -> ServerTransaction | None:
-        """The INVITE server transaction a CANCEL (or ACK) refers to."""
-        return self.server.get((*_server_key(request)[:-1], "INVITE"))
