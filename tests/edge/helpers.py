@@ -108,3 +108,26 @@ async def calls_through(
     )  # fmt: skip
     assert result.ok, result.output[-3000:]
     return result.output
+
+
+@contextlib.asynccontextmanager
+async def a_then_b(
+    tmp_path: Path, flow_a: str, flow_b: str, **pool_kw: Any
+) -> AsyncIterator[EdgeServer]:
+    """Two SIPp destinations behind an edge, A preferred (priority 0) and B the fallback
+    (priority 1); yields once A answered a probe."""
+    from tests.edge.scenarios import destination
+
+    async with (
+        sipp_destination(tmp_path, destination(flow_a)) as a,
+        sipp_destination(tmp_path, destination(flow_b)) as b,
+    ):
+        pools = [
+            pool(
+                "ivr", [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"], algorithm="priority", **pool_kw
+            )
+        ]
+        pools[0]["destination"][1]["priority"] = 1
+        async with running_edge(tmp_path, pools) as edge:
+            await wait_dest_state(edge, 0, 0, "active")
+            yield edge

@@ -6,7 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.edge.helpers import calls_through, pool, running_edge, sipp_destination, wait_dest_state
+from tests.edge.helpers import (
+    a_then_b,
+    calls_through,
+    pool,
+    running_edge,
+    sipp_destination,
+    wait_dest_state,
+)
 from tests.edge.scenarios import ANSWER, REJECT_503, RING_THEN_503, SILENT, destination
 from tests.sipp import free_port, needs_sipp
 
@@ -14,47 +21,25 @@ pytestmark = [needs_sipp]
 
 
 async def test_503_without_18x_goes_to_b(tmp_path: Path) -> None:
-    async with (
-        sipp_destination(tmp_path, destination(REJECT_503)) as a,
-        sipp_destination(tmp_path, destination(ANSWER)) as b,
-    ):
-        pools = [pool("ivr", [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"], algorithm="priority")]
-        pools[0]["destination"][1]["priority"] = 1
-        async with running_edge(tmp_path, pools) as edge:
-            await wait_dest_state(edge, 0, 0, "active")
-            await calls_through(tmp_path, edge, "180 200", n=5)
-            da, db = edge.pools[0].destinations
-            assert (da.calls, da.failed_by_code, db.answered) == (5, {503: 5}, 5)
-            assert edge.pools[0].rerouted == 5
+    async with a_then_b(tmp_path, REJECT_503, ANSWER) as edge:
+        await calls_through(tmp_path, edge, "180 200", n=5)
+        da, db = edge.pools[0].destinations
+        assert (da.calls, da.failed_by_code, db.answered) == (5, {503: 5}, 5)
+        assert edge.pools[0].rerouted == 5
 
 
 async def test_silent_a_goes_to_b_after_invite_timeout_and_a_is_taken_out_at_once(
     tmp_path: Path,
 ) -> None:
-    async with (
-        sipp_destination(tmp_path, destination(SILENT)) as a,
-        sipp_destination(tmp_path, destination(ANSWER)) as b,
-    ):
-        pools = [
-            pool(
-                "ivr",
-                [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"],
-                algorithm="priority",
-                invite_timeout=1.0,
-                probe_interval=30,
-            )
-        ]
-        pools[0]["destination"][1]["priority"] = 1
-        async with running_edge(tmp_path, pools) as edge:
-            await wait_dest_state(edge, 0, 0, "active")
-            start = time.monotonic()
-            await calls_through(tmp_path, edge, "180 200", n=1)
-            elapsed = time.monotonic() - start
-            da = edge.pools[0].destinations[0]
-            assert 1.0 <= elapsed < 2.5  # invite_timeout, then B answers
-            assert da.state == "probing" and "no response to INVITE" in da.down_reason
-            await calls_through(tmp_path, edge, "180 200", n=3)  # A is out: no more waiting
-            assert da.calls == 1 and edge.pools[0].destinations[1].answered == 4
+    async with a_then_b(tmp_path, SILENT, ANSWER, invite_timeout=1.0, probe_interval=30) as edge:
+        start = time.monotonic()
+        await calls_through(tmp_path, edge, "180 200", n=1)
+        elapsed = time.monotonic() - start
+        da = edge.pools[0].destinations[0]
+        assert 1.0 <= elapsed < 2.5  # invite_timeout, then B answers
+        assert da.state == "probing" and "no response to INVITE" in da.down_reason
+        await calls_through(tmp_path, edge, "180 200", n=3)  # A is out: no more waiting
+        assert da.calls == 1 and edge.pools[0].destinations[1].answered == 4
 
 
 async def test_closed_tcp_port_goes_to_b_at_once(tmp_path: Path) -> None:
@@ -80,65 +65,25 @@ async def test_closed_tcp_port_goes_to_b_at_once(tmp_path: Path) -> None:
 
 
 async def test_180_then_503_never_relays_the_failure(tmp_path: Path) -> None:
-    async with (
-        sipp_destination(tmp_path, destination(RING_THEN_503)) as a,
-        sipp_destination(tmp_path, destination(ANSWER)) as b,
-    ):
-        pools = [
-            pool(
-                "ivr",
-                [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"],
-                algorithm="priority",
-                reroute_after_provisional="never",
-            )
-        ]
-        pools[0]["destination"][1]["priority"] = 1
-        async with running_edge(tmp_path, pools) as edge:
-            await wait_dest_state(edge, 0, 0, "active")
-            await calls_through(tmp_path, edge, "180 503", n=3)
-            assert edge.pools[0].destinations[1].calls == 0 and edge.pools[0].rerouted == 0
+    async with a_then_b(tmp_path, RING_THEN_503, ANSWER, reroute_after_provisional="never") as edge:
+        await calls_through(tmp_path, edge, "180 503", n=3)
+        assert edge.pools[0].destinations[1].calls == 0 and edge.pools[0].rerouted == 0
 
 
 async def test_180_then_503_hold_reroutes_and_caller_sees_only_100_then_200(tmp_path: Path) -> None:
-    async with (
-        sipp_destination(tmp_path, destination(RING_THEN_503)) as a,
-        sipp_destination(tmp_path, destination(ANSWER)) as b,
-    ):
-        pools = [
-            pool(
-                "ivr",
-                [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"],
-                algorithm="priority",
-                reroute_after_provisional="hold",
-            )
-        ]
-        pools[0]["destination"][1]["priority"] = 1
-        async with running_edge(tmp_path, pools) as edge:
-            await wait_dest_state(edge, 0, 0, "active")
-            # "200" alone: a 180 (from A or B) would fail the call; 100 is optional
-            await calls_through(tmp_path, edge, "200", n=3)
-            assert edge.pools[0].rerouted_after_18x == 3
-            assert edge.pools[0].destinations[1].answered == 3
+    async with a_then_b(tmp_path, RING_THEN_503, ANSWER, reroute_after_provisional="hold") as edge:
+        # "200" alone: a 180 (from A or B) would fail the call; 100 is optional
+        await calls_through(tmp_path, edge, "200", n=3)
+        assert edge.pools[0].rerouted_after_18x == 3
+        assert edge.pools[0].destinations[1].answered == 3
 
 
 async def test_180_then_503_always_reroutes_after_relaying_18x(tmp_path: Path) -> None:
-    async with (
-        sipp_destination(tmp_path, destination(RING_THEN_503)) as a,
-        sipp_destination(tmp_path, destination(ANSWER)) as b,
-    ):
-        pools = [
-            pool(
-                "ivr",
-                [f"sip:127.0.0.1:{a}", f"sip:127.0.0.1:{b}"],
-                algorithm="priority",
-                reroute_after_provisional="always",
-            )
-        ]
-        pools[0]["destination"][1]["priority"] = 1
-        async with running_edge(tmp_path, pools) as edge:
-            await wait_dest_state(edge, 0, 0, "active")
-            await calls_through(tmp_path, edge, "180 180 200", n=2)  # A's 180, B's 180, B's 200
-            assert edge.pools[0].rerouted_after_18x == 2
+    async with a_then_b(
+        tmp_path, RING_THEN_503, ANSWER, reroute_after_provisional="always"
+    ) as edge:
+        await calls_through(tmp_path, edge, "180 180 200", n=2)  # A's 180, B's 180, B's 200
+        assert edge.pools[0].rerouted_after_18x == 2
 
 
 async def test_options_503_takes_a_out_and_200_brings_it_back(tmp_path: Path) -> None:
