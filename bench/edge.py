@@ -29,6 +29,8 @@ from tests.appserver.helpers import toml  # noqa: E402
 from tests.edge.scenarios import ANSWER, destination  # noqa: E402
 from tests.sipp import SCENARIOS, free_port, run_sipp, stop_process  # noqa: E402
 
+from bench.steps import climb  # noqa: E402
+
 DEFAULT_RATES = [25, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000]
 
 
@@ -141,17 +143,6 @@ async def step(port: int, rate: int, seconds: float) -> tuple[bool, str]:
     return good, f"{n_ok}/{n} ok, {n_failed} failed, {n_retrans} INVITE retransmissions"
 
 
-async def climb(name: str, port: int, rates: list[int], seconds: float) -> int:
-    best = 0
-    for rate in rates:
-        good, detail = await step(port, rate, seconds)
-        print(f"  {name:<10} {rate:>5} calls/s  {'pass' if good else 'FAIL'}  {detail}", flush=True)
-        if not good:
-            break
-        best = rate
-    return best
-
-
 async def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,9 +156,13 @@ async def main() -> int:
         tmp = Path(d)
         async with callees(tmp) as dests:
             async with sipha_edge(tmp, dests) as port:
-                sipha = await climb("sipha", port, rates, args.step_seconds)
+                sipha = await climb("sipha", "calls/s", step, port, rates, args.step_seconds)
             async with kamailio(tmp, dests) as kport:
-                kam = await climb("kamailio", kport, rates, args.step_seconds) if kport else None
+                kam = (
+                    await climb("kamailio", "calls/s", step, kport, rates, args.step_seconds)
+                    if kport
+                    else None
+                )
     print()
     print(f"{'proxy':<28} {'max calls/s, 0 failed':>22}")
     print(f"{'sipha edge (1 process)':<28} {sipha:>22}")

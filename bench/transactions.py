@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sipp import SCENARIOS, free_port, run_sipp, start_example, stop_process  # noqa: E402
 
+from bench.steps import climb  # noqa: E402
+
 DEFAULT_RATES = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 4000]
 
 
@@ -51,22 +53,11 @@ async def step(port: int, rate: int, seconds: float) -> tuple[bool, str]:
     return good, f"{ok}/{count} ok, {failed} failed, {n_retrans} retransmissions"
 
 
-async def climb(name: str, port: int, rates: list[int], seconds: float) -> int:
-    best = 0
-    for rate in rates:
-        good, detail = await step(port, rate, seconds)
-        print(f"  {name:<9} {rate:>6}/s  {'pass' if good else 'FAIL'}  {detail}", flush=True)
-        if not good:
-            break
-        best = rate
-    return best
-
-
 async def run_sipha(rates: list[int], seconds: float) -> int:
     port = free_port()
     proc = await start_example("uas.py", f"udp:127.0.0.1:{port}")
     try:
-        return await climb("sipha", port, rates, seconds)
+        return await climb("sipha", "/s", step, port, rates, seconds)
     finally:
         await stop_process(proc)
 
@@ -85,7 +76,7 @@ async def run_kamailio(rates: list[int], seconds: float) -> int | None:
         )  # fmt: skip
         await asyncio.sleep(1.0)  # kamailio forks its workers before it answers
         try:
-            return await climb("kamailio", port, rates, seconds)
+            return await climb("kamailio", "/s", step, port, rates, seconds)
         finally:
             await stop_process(proc)
 

@@ -1,0 +1,23 @@
+"""Rising-rate load steps shared by the benchmarks: stop at the first failing step."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+Step = Callable[
+    [int, int, float], Awaitable[tuple[bool, str]]
+]  # (port, rate, seconds) -> (passed, detail)
+
+
+async def climb(
+    name: str, unit: str, step: Step, port: int, rates: list[int], seconds: float
+) -> int:
+    """The highest rate whose step passed (0 if the first failed)."""
+    best = 0
+    for rate in rates:
+        good, detail = await step(port, rate, seconds)
+        print(f"  {name:<10} {rate:>6} {unit}  {'pass' if good else 'FAIL'}  {detail}", flush=True)
+        if not good:
+            break
+        best = rate
+    return best
