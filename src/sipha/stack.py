@@ -178,12 +178,18 @@ class SipStack:
             idle_timeout=idle_timeout,
             ssl_server=ssl_server,
             ssl_client=ssl_client,
+            on_pong=self._on_pong,
         )
         self.user_agent = user_agent
         self.stats = StackStats()
         self.handler: RequestHandler | None = None
         self.stray_handler: Callable[[Response, Target], None] | None = None
         self.server_timeout_handler: Callable[[ServerTransaction], None] | None = None
+        # a flow (TCP/TLS connection, or a UDP send) failed, whether or not a transaction
+        # was waiting on it: the endpoint re-registers elsewhere at once (SDK rule)
+        self.flow_failure_handler: Callable[[Target, str], None] | None = None
+        # a CRLF pong (RFC 5626 §4.4.1) arrived on a flow we pinged
+        self.pong_handler: Callable[[Target], None] | None = None
         # consulted before a new request reaches the transaction layer: None lets it in,
         # 0 drops it silently, a status code answers it statelessly (a flood, a scanner)
         self.request_filter: (
@@ -336,6 +342,12 @@ class SipStack:
         if failed:
             log.info("%s:%s %s: failed %d transaction(s)", target.host, target.port, reason, failed)
         self._pump()
+        if self.flow_failure_handler is not None:
+            self.flow_failure_handler(target, reason)
+
+    def _on_pong(self, target: Target) -> None:
+        if self.pong_handler is not None:
+            self.pong_handler(target)
 
     # -- the pump --------------------------------------------------------------------------
     def _pump(self) -> None:

@@ -29,6 +29,11 @@ class EdgeSip(SipSection):
     # remap_503_500 does); an SBC relays it as is, which is what callers behind an SBC
     # expect, so sipha relays it unless asked to remap
     remap_503: bool = False
+    # a name every edge node answers to (e.g. the DNS name with all nodes' A records):
+    # Record-Route carries it instead of this node's address, so a phone can send the
+    # in-dialog requests of a call set up via one node through another (Kamailio:
+    # record_route_preset with a shared name)
+    record_route_host: str = ""
 
 
 class Destination(Strict):

@@ -102,7 +102,13 @@ class Proxy:
 
     def _record_route(self, transport: str) -> str:
         param = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{self._our_hostport(transport)};lr{param}>"
+        shared = self.server.config.sip.record_route_host
+        hostport = (
+            format_hostport(shared, self.stack.local(transport).port)
+            if shared
+            else self._our_hostport(transport)
+        )
+        return f"<sip:{hostport};lr{param}>"
 
     def prepare(
         self, request: Request, ruri: SipURI | None, target: Target, inbound: str

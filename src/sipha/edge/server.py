@@ -85,8 +85,11 @@ class EdgeServer:
 
     def _is_us(self, uri: SipURI) -> bool:
         host = uri.host.strip("[]")
+        shared = self.config.sip.record_route_host.lower()
         for spec in self.stack.listen_specs:
-            if host == spec.host and (uri.port or 5060) == spec.port:
+            if (host == spec.host or (shared and host.lower() == shared)) and (
+                uri.port or 5060
+            ) == spec.port:
                 return True
         return False
 

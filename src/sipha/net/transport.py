@@ -240,6 +240,31 @@ class TransportManager:
             pending.task = asyncio.create_task(self._connect(target, pending))
         pending.queue.append(data)
 
+    def ping(self, target: Target) -> bool:
+        """RFC 5626 §4.4.1 CRLF keep-alive: a double CRLF on the flow to ``target``.
+
+        On TCP/TLS the peer answers with a single CRLF (reported to ``on_pong``); on UDP
+        it only refreshes NAT bindings. False when there is no open flow to ping.
+        """
+        if target.transport == "udp":
+            sock = self._udp_for(":" in target.host)
+            if sock is None or sock.transport is None:
+                return False
+            sock.transport.sendto(b"\r\n\r\n", (target.host, target.port))
+            return True
+        conn = self._conns.get(target)
+        if conn is None or conn.closed:
+            return False
+        conn.write(b"\r\n\r\n")
+        return True
+
+    def drop(self, target: Target, reason: str) -> None:
+        """Close the flow to ``target`` (a keep-alive found it dead) and report it failed."""
+        conn = self._conns.get(target)
+        if conn is not None:
+            self._unregister(conn, reason)  # first, so the report carries this reason
+            conn.close()
+
     def _udp_for(self, v6: bool) -> _Udp | None:
         for u in self._udp:
             if u.spec.family_v6 == v6:
@@ -287,8 +312,9 @@ class TransportManager:
         self._conns[conn.target] = conn
 
     def _unregister(self, conn: _Stream, reason: str) -> None:
-        self.stats.connections_lost += 1
         gone = [t for t, c in self._conns.items() if c is conn]
+        if gone:
+            self.stats.connections_lost += 1
         for t in gone:
             del self._conns[t]
             self.on_failure(t, f"transport: {reason}")

@@ -1,0 +1,20 @@
+"""The endpoint SDK: several sites at once, proxy failover and the SIP Endpoint SDK's
+retry rules (see README, "Endpoint SDK")."""
+
+from .config import ConnectionConfig, PhoneConfig, Policy
+from .events import ConnectionStatus, Event, SessionEvent
+from .phone import Phone
+from .registration import ConnectionView
+from .session import Session
+
+__all__ = [
+    "ConnectionConfig",
+    "ConnectionStatus",
+    "ConnectionView",
+    "Event",
+    "Phone",
+    "PhoneConfig",
+    "Policy",
+    "Session",
+    "SessionEvent",
+]

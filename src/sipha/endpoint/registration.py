@@ -1,0 +1,348 @@
+"""One connection (one site): its registration loop, back-off and RFC 5626 keep-alives.
+
+Why a loop per connection and not a timer table: every connection registers on its own
+schedule, fails over on its own, and is disabled or removed on its own; a task that is
+cancelled is the simplest correct way to stop exactly one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..dns.locator import LocateError
+from ..sip.errors import ParseError
+from ..sip.headers import Headers
+from ..sip.ids import new_call_id, new_tag
+from ..sip.message import Request, Response
+from ..sip.transaction import Target
+from ..sip.uri import SipURI, format_hostport
+from ..stack import TransactionTimeoutError, TransportFailure
+from .config import ConnectionConfig
+from .events import ConnectionStatusName
+
+if TYPE_CHECKING:
+    from .phone import Phone
+
+log = logging.getLogger("sipha.endpoint")
+
+# RFC 5626 §4.5: base-time when every flow failed, and when at least one works
+BASE_ALL_FAILED = 30.0
+BASE_SOME_OK = 90.0
+
+
+def backoff(failures: int, *, all_failed: bool, max_time: float, rng: random.Random) -> float:
+    """RFC 5626 §4.5: wait = min(max-time, base-time * 2^failures), then a random 50-100 %."""
+    base = BASE_ALL_FAILED if all_failed else BASE_SOME_OK
+    wait = min(max_time, base * (2 ** min(failures, 30)))
+    return rng.uniform(wait / 2, wait)
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    """What ``Phone.connections`` shows: a snapshot, not a handle."""
+
+    id: int
+    user: str
+    server: str
+    protocol: str | None
+    enabled: bool
+    status: str
+    server_in_use: str
+    reason: str
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, TransactionTimeoutError):
+        return "408 Request Timeout"
+    if isinstance(exc, TransportFailure):
+        return exc.reason
+    if isinstance(exc, LocateError):
+        return f"DNS: {exc}"
+    return str(exc)
+
+
+class Connection:
+    def __init__(self, phone: Phone, cfg: ConnectionConfig) -> None:
+        self.phone = phone
+        self.cfg = cfg
+        self.id = cfg.id
+        self.enabled = cfg.enabled
+        self.status: str = "unavailable"
+        self.reason = "not registered yet"
+        self.target: Target | None = None  # the proxy the registration lives on
+        self.known: list[Target] = []  # the server name's last resolution
+        self.failures = 0
+        self.call_id = new_call_id()
+        self.cseq = 0
+        self.granted = 0
+        self.broken: tuple[Target, str] | None = None
+        self.wake = asyncio.Event()
+        self.pong = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.keepalive: asyncio.Task[None] | None = None
+        self.digest = phone.digest_for(cfg)
+        self._emitted: tuple[str, str] | None = None
+
+    # -- the view -----------------------------------------------------------------------
+    def view(self) -> ConnectionView:
+        t = self.target
+        return ConnectionView(
+            self.id,
+            self.cfg.user,
+            self.cfg.server,
+            self.cfg.protocol,
+            self.enabled,
+            self.status,
+            format_hostport(t.host, t.port) if t else "",
+            self.reason,
+        )
+
+    def set_status(self, status: ConnectionStatusName, reason: str) -> None:
+        self.status, self.reason = status, reason
+        server = format_hostport(self.target.host, self.target.port) if self.target else ""
+        if self._emitted == (status, server):
+            return
+        self._emitted = (status, server)
+        log.info("connection %d %s via %s: %s", self.id, status, server or "-", reason)
+        self.phone.emit_connection(self.id, status, server, reason)
+
+    @property
+    def registered(self) -> bool:
+        return self.status == "registered"
+
+    # -- life ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            self.failures = 0
+            self.task = asyncio.create_task(self._loop(), name=f"sipha-connection-{self.id}")
+
+    async def stop(self, status: ConnectionStatusName, unregister: bool = True) -> None:
+        """Disable or remove: stop the loop, take the binding down, say so."""
+        self.enabled = False
+        for task in (self.task, self.keepalive):
+            if task is not None:
+                task.cancel()
+        self.task = self.keepalive = None
+        if unregister and self.registered and self.target is not None:
+            try:
+                await asyncio.wait_for(self._register_at(self.target, expires=0), 2.0)
+            except (TimeoutError, OSError, TransactionTimeoutError, TransportFailure):
+                pass  # the binding expires on its own
+        self.set_status(status, "by the application")
+
+    async def proxies(self) -> list[Target]:
+        """The server name's targets, resolved now (cached for the records' TTL)."""
+        host = self.cfg.host.strip("[]")
+        port = None
+        if self.cfg.server != self.cfg.host:
+            port = int(self.cfg.server.rsplit(":", 1)[1])
+        if ":" in host:
+            host = f"[{host}]"
+        uri = SipURI(host=host, port=port, scheme="sips" if self.cfg.protocol == "tls" else "sip")
+        self.known = await self.phone.locator.locate(uri, self.cfg.protocol)
+        return self.known
+
+    # -- the registration loop -------------------------------------------------------------
+    async def _loop(self) -> None:
+        policy = self.phone.config.policy
+        avoid: Target | None = None
+        while self.enabled:
+            self.wake.clear()
+            ok, reason = await self._register_once(avoid)
+            avoid = None
+            if ok:
+                self.failures = 0
+                self.set_status("registered", reason)
+                self._start_keepalive()
+                # refresh at 80 % of the granted expiry: a failed refresh still has time
+                # to fail over to another proxy before the binding lapses
+                if await self._sleep(max(1.0, self.granted * 0.8)):
+                    assert self.broken is not None
+                    avoid, why = self.broken
+                    self.broken = None
+                    log.info(
+                        "connection %d: flow to %s broke (%s): re-registering",
+                        self.id,
+                        format_hostport(avoid.host, avoid.port),
+                        why,
+                    )
+                continue
+            self.failures += 1
+            self._stop_keepalive()
+            self.set_status("unavailable", reason)
+            interval = self.cfg.reg_interval
+            if interval == 0:
+                # SDK: no re-send after a failure; only a broken TCP flow (below) restarts
+                if not await self._sleep(None):
+                    return
+            else:
+                all_failed = not any(c.registered for c in self.phone.connection_objects())
+                delay = backoff(
+                    self.failures,
+                    all_failed=all_failed,
+                    max_time=policy.max_retry,
+                    rng=self.phone.rng,
+                )
+                if interval is not None:
+                    delay = min(delay, float(interval))
+                log.info("connection %d: next REGISTER in %.1f s", self.id, delay)
+                await self._sleep(delay)
+            if self.broken is not None:
+                avoid = self.broken[0]
+                self.broken = None
+
+    async def _sleep(self, delay: float | None) -> bool:
+        """Wait ``delay`` seconds (None: forever); True when a broken flow woke us."""
+        try:
+            await asyncio.wait_for(self.wake.wait(), delay)
+        except TimeoutError:
+            return False
+        return True
+
+    def flow_failed(self, target: Target, reason: str) -> None:
+        """The flow under the registration broke (TCP reset, dead keep-alive)."""
+        if self.target != target or not self.enabled:
+            return
+        if target.transport == "udp" and self.cfg.reg_interval == 0 and not self.registered:
+            return
+        self.broken = (target, reason)
+        self._stop_keepalive()
+        if self.registered:
+            self.set_status("unavailable", reason)
+        self.wake.set()
+
+    async def _register_once(self, avoid: Target | None) -> tuple[bool, str]:
+        try:
+            targets = await self.proxies()
+        except (LocateError, OSError) as exc:
+            return False, describe_failure(exc)
+        target = self.phone.pick(targets, exclude=() if avoid is None else (avoid,))
+        if target is None:
+            target = targets[0]
+        self.target = target
+        try:
+            resp = await self._register_at(target, self.cfg.expires)
+        except (TransactionTimeoutError, TransportFailure) as exc:
+            return False, describe_failure(exc)
+        if 200 <= resp.status < 300:
+            self.granted = self._granted(resp)
+            return True, f"{resp.status} {resp.reason}"
+        if resp.status in (401, 407):
+            return (
+                False,
+                f"{resp.status} after auth" if self.digest else f"{resp.status} {resp.reason}",
+            )
+        return False, f"{resp.status} {resp.reason}"
+
+    async def _register_at(self, target: Target, expires: int) -> Response:
+        want = [expires]
+
+        def build() -> Request:
+            return self._register_request(target, want[0])
+
+        resp = await self.phone.send(self, build, target)
+        if resp.status == 423 and expires:
+            # RFC 3261 §10.2.8: ask again with the registrar's minimum
+            try:
+                want[0] = int(resp.headers.get("min-expires") or "")
+            except ValueError:
+                return resp
+            resp = await self.phone.send(self, build, target)
+        return resp
+
+    def contact_uri(self, transport: str) -> str:
+        return str(self.phone.stack.contact_uri(self.cfg.user, transport))
+
+    def _register_request(self, target: Target, expires: int) -> Request:
+        self.cseq += 1
+        domain = self.cfg.aor_domain
+        aor = f"sip:{self.cfg.user}@{domain}"
+        name = f'"{self.cfg.display_name}" ' if self.cfg.display_name else ""
+        contact = f"<{self.contact_uri(target.transport)}>"
+        policy = self.phone.config.policy
+        if policy.outbound:
+            contact += f';+sip.instance="<{self.phone.instance_id}>";reg-id={self.id + 1}'
+        h = Headers()
+        h.add("From", f"{name}<{aor}>;tag={new_tag()}")
+        h.add("To", f"{name}<{aor}>")
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{self.cseq} REGISTER")
+        h.add("Contact", contact)
+        h.add("Expires", str(expires))
+        h.add("Allow", self.phone.ALLOW)
+        if policy.outbound:
+            h.add("Supported", "outbound, path")
+        return Request("REGISTER", f"sip:{domain}", h)
+
+    def _granted(self, resp: Response) -> int:
+        """The expiry the registrar granted our contact (§10.2.4), else what we asked."""
+        ours = self.phone.stack.local(self.target.transport if self.target else "udp")
+        try:
+            for c in resp.contact:
+                uri = c.uri
+                mine = isinstance(uri, SipURI) and uri.port == ours.port
+                if mine and c.params.get("expires"):
+                    return int(c.params["expires"] or 0)
+            value = resp.headers.get("expires")
+            if value:
+                return int(value)
+        except (ParseError, ValueError):
+            pass
+        return self.cfg.expires
+
+    # -- RFC 5626 keep-alives --------------------------------------------------------------
+    def _start_keepalive(self) -> None:
+        self._stop_keepalive()
+        policy = self.phone.config.policy
+        if policy.keepalive_interval <= 0 or self.target is None:
+            return
+        if self.target.transport == "udp" and policy.udp_keepalive == "off":
+            return
+        self.keepalive = asyncio.create_task(self._keepalive(self.target))
+
+    def _stop_keepalive(self) -> None:
+        if self.keepalive is not None and self.keepalive is not asyncio.current_task():
+            self.keepalive.cancel()
+        self.keepalive = None
+
+    async def _keepalive(self, target: Target) -> None:
+        policy = self.phone.config.policy
+        transports = self.phone.stack.transports
+        while True:
+            # ± 20 % so that a thousand phones restarted together do not ping together
+            await asyncio.sleep(policy.keepalive_interval * self.phone.rng.uniform(0.8, 1.2))
+            if target.transport != "udp":
+                self.pong.clear()
+                if not transports.ping(target):
+                    self.flow_failed(target, "keep-alive: no connection to ping")
+                    return
+                try:
+                    await asyncio.wait_for(self.pong.wait(), policy.keepalive_timeout)
+                except TimeoutError:
+                    why = f"keep-alive: no pong within {policy.keepalive_timeout:g} s"
+                    self.phone.blacklist.fail(target, self.phone.now)
+                    transports.drop(target, why)  # reports the failure -> flow_failed
+                    self.flow_failed(target, why)  # in case there was no connection left
+                    return
+            elif policy.udp_keepalive == "crlf":
+                transports.ping(target)
+            else:
+                try:
+                    await self.phone.send(self, lambda: self._options(target), target)
+                except (TransactionTimeoutError, TransportFailure) as exc:
+                    self.flow_failed(target, f"keep-alive: OPTIONS {describe_failure(exc)}")
+                    return
+
+    def _options(self, target: Target) -> Request:
+        self.cseq += 1
+        aor = f"sip:{self.cfg.user}@{self.cfg.aor_domain}"
+        h = Headers()
+        h.add("From", f"<{aor}>;tag={new_tag()}")
+        h.add("To", f"<sip:{format_hostport(target.host, target.port)}>")
+        h.add("Call-ID", new_call_id())
+        h.add("CSeq", f"{self.cseq} OPTIONS")
+        return Request("OPTIONS", f"sip:{format_hostport(target.host, target.port)}", h)

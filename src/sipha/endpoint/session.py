@@ -1,0 +1,642 @@
+"""Calls as the application sees them: a Session per call, with the SDK's retry rules.
+
+The rules (SIP Endpoint SDK, "SIP Proxy high availability"), each in one place here:
+- an initial INVITE that times out or hits a transport error is retried once on a
+  different proxy, as a new call (new Call-ID): the app sees in_progress, disconnected,
+  in_progress;
+- a mid-call re-INVITE (hold/retrieve) is retried once on another proxy, silently;
+- a 200 OK to an INVITE, a BYE and a CANCEL keep cycling through the proxies for
+  ``retry_window`` (32 s) before the call is abandoned and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ..dns.locator import LocateError
+from ..sip.dialog import Dialog, DialogState
+from ..sip.headers import Headers
+from ..sip.ids import new_call_id, new_tag
+from ..sip.message import Request, Response
+from ..sip.transaction import ClientTransaction, Target
+from ..sip.uri import URI, SipURI, parse_uri
+from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure
+from .events import SessionState
+from .registration import Connection, describe_failure
+
+if TYPE_CHECKING:
+    from ..dns.blacklist import PenaltyBlacklist
+    from ..dns.locator import Locator
+    from ..stack import SipStack
+    from .config import PhoneConfig
+
+log = logging.getLogger("sipha.endpoint")
+
+_FAILOVER = (TransactionTimeoutError, TransportFailure)
+
+
+def with_direction(sdp: bytes, direction: str) -> bytes:
+    """The same SDP with its media direction attribute replaced (RFC 3264 §5.1)."""
+    lines = [
+        line
+        for line in sdp.decode().split("\r\n")
+        if line not in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")
+    ]
+    while lines and lines[-1] == "":
+        lines.pop()
+    lines.append(f"a={direction}")
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def sdp_direction(sdp: bytes) -> str:
+    for line in sdp.decode(errors="replace").split("\r\n"):
+        if line in ("a=sendonly", "a=recvonly", "a=inactive", "a=sendrecv"):
+            return line[2:]
+    return "sendrecv"
+
+
+class Session:
+    """One call. Methods are safe to call in any state; they do what the state allows."""
+
+    def __init__(self, phone: CallFlows, direction: str, connection: int | None) -> None:
+        self.phone = phone
+        self.id = secrets.token_hex(6)
+        self.direction = direction
+        self.connection = connection
+        self.state: SessionState | None = None
+        self.reason: str | None = None
+        self.call_ids: list[str] = []
+        self.states: list[SessionState] = []
+        self.dialog: Dialog | None = None
+        self.local_sdp = b""
+        self.remote_sdp = b""
+        self.held = False
+        self._changed = asyncio.Event()
+        self.ended = asyncio.Event()
+        # outbound
+        self._invite: Request | None = None
+        self._invite_txn: ClientTransaction | None = None
+        self._invite_target: Target | None = None
+        self._provisional = asyncio.Event()
+        self._cancel_wanted = False
+        self._task: asyncio.Task[None] | None = None
+        # inbound
+        self.incoming: IncomingRequest | None = None
+        self._local_tag = ""
+        self._acked = asyncio.Event()
+        self._answered = False
+
+    @property
+    def call_id(self) -> str:
+        return self.call_ids[-1] if self.call_ids else ""
+
+    # -- state -------------------------------------------------------------------------------
+    def set_state(self, state: SessionState, reason: str | None = None, final: bool = True) -> None:
+        """Record and emit a state; ``final=False`` reports a failed first attempt that is
+        about to be retried (the session lives on)."""
+        if self.ended.is_set():
+            return
+        self.state, self.reason = state, reason
+        self.states.append(state)
+        self.phone.emit_session(self, state, reason)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if state == "disconnected" and final:
+            self.ended.set()
+            self.phone.forget(self)
+
+    async def wait_for(self, state: SessionState, timeout: float = 30.0) -> None:
+        """Until the session reaches ``state``; raises TimeoutError (or, when it ends
+        first, RuntimeError with the reason)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if self.state == state or (state in self.states and state != "held"):
+                    return
+                if self.ended.is_set():
+                    raise RuntimeError(f"session ended: {self.reason}")
+                await self._changed.wait()
+
+    # -- the application's verbs ----------------------------------------------------------
+    async def hangup(self) -> None:
+        """BYE when connected, CANCEL while it rings out, 603 while it rings in."""
+        if self.state == "disconnected":
+            return
+        if self.direction == "inbound" and not self._answered:
+            self.reject(603)
+            return
+        if self.dialog is not None and self.dialog.state is DialogState.CONFIRMED:
+            await self.phone.bye(self)
+            return
+        self._cancel_wanted = True
+        if self._invite_txn is not None and self._provisional.is_set():
+            await self.phone.cancel(self)
+        # otherwise the CANCEL goes out with the first provisional (§9.1)
+
+    async def hold(self) -> None:
+        await self.phone.reinvite(self, "sendonly")
+
+    async def retrieve(self) -> None:
+        await self.phone.reinvite(self, "sendrecv")
+
+    def answer(self, sdp: bytes | None = None) -> None:
+        self.phone.answer(self, sdp)
+
+    def reject(self, status: int = 486) -> None:
+        if self.incoming is None or self._answered or self.incoming.answered:
+            return
+        self.incoming.respond(status)
+        self.set_state("disconnected", f"rejected {status}")
+
+
+class CallFlows:
+    """The Phone's call side (a mixin: it needs the Phone's stack, locator and blacklist)."""
+
+    ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
+
+    # what these flows use of the Phone (declared here so the mixin type-checks alone)
+    phone_sessions: dict[str, Session]
+    dialogs: dict[tuple[str, str, str], Session]
+    stack: SipStack
+    locator: Locator
+    blacklist: PenaltyBlacklist
+    config: PhoneConfig
+    auto_answer: bool
+    _tasks: set[asyncio.Future[object]]
+
+    if TYPE_CHECKING:
+
+        @property
+        def now(self) -> float: ...
+        def pick(
+            self, targets: Sequence[Target], exclude: Iterable[Target] = ()
+        ) -> Target | None: ...
+        def emit_session(
+            self, session: Session, state: SessionState, reason: str | None
+        ) -> None: ...
+        def forget(self, session: Session) -> None: ...
+        def connection_objects(self) -> list[Connection]: ...
+        def connection_object(self, connection_id: int | None) -> Connection | None: ...
+        def connection_for_source(self, source: Target) -> Connection | None: ...
+        def offer(self) -> bytes: ...
+        async def send(
+            self,
+            conn: Connection | None,
+            build: Callable[[], Request],
+            target: Target,
+            *,
+            on_provisional: Callable[[Response], None] | None = None,
+            on_retransmitted_2xx: Callable[[Response], None] | None = None,
+            on_txn: Callable[[ClientTransaction], None] | None = None,
+            add_via: bool = True,
+        ) -> Response: ...
+
+    def spawn(self, coro: Coroutine[object, object, object]) -> None:
+        """Run in the background, keeping a reference until done (asyncio holds weak ones)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- outbound -------------------------------------------------------------------------
+    async def dial(
+        self, destination: str, connection_id: int | None = None, sdp: bytes | None = None
+    ) -> Session:
+        """Place a call; returns at once with the Session (wait on ``session.wait_for``)."""
+        plan = self.dial_plan(connection_id)
+        if not plan:
+            raise LookupError("no connection to dial through")
+        session = Session(self, "outbound", plan[0].id)
+        self.phone_sessions[session.id] = session
+        session._task = asyncio.create_task(self._outbound(session, destination, plan, sdp))
+        return session
+
+    def dial_plan(self, connection_id: int | None) -> list[Connection]:
+        """The chosen connection if registered, then the other registered ones; a chosen
+        connection that is not registered is still tried last (it may have just recovered)."""
+        conns = [c for c in self.connection_objects() if c.enabled]
+        registered = [c for c in conns if c.registered]
+        if connection_id is not None:
+            chosen = [c for c in conns if c.id == connection_id]
+            if not chosen:
+                raise LookupError(f"no enabled connection {connection_id}")
+            rest = [c for c in registered if c.id != connection_id]
+            return (chosen + rest) if chosen[0].registered else (rest + chosen)
+        return registered + [c for c in conns if not c.registered]
+
+    async def _outbound(
+        self, session: Session, destination: str, plan: list[Connection], sdp: bytes | None
+    ) -> None:
+        tried: list[Target] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            pick = await self._next_invite_hop(plan, tried)
+            if pick is None:
+                session.set_state("disconnected", session.reason or "no proxy available")
+                return
+            conn, target = pick
+            tried.append(target)
+            session.connection = conn.id
+            try:
+                resp = await self._invite_once(session, conn, target, destination, sdp)
+            except _FAILOVER as exc:
+                reason = describe_failure(exc)
+                log.info(
+                    "INVITE %s via %s:%s failed: %s",
+                    session.call_id,
+                    target.host,
+                    target.port,
+                    reason,
+                )
+                if attempt == 1 and not session._cancel_wanted:
+                    # the app sees the first attempt end, then the retry start (SDK rule)
+                    session.set_state("disconnected", reason, final=False)
+                    continue
+                session.set_state("disconnected", reason)
+                return
+            except (LocateError, OSError) as exc:
+                session.set_state("disconnected", describe_failure(exc))
+                return
+            self._after_invite(session, resp)
+            return
+
+    async def _next_invite_hop(
+        self, plan: list[Connection], tried: list[Target]
+    ) -> tuple[Connection, Target] | None:
+        for conn in plan:
+            try:
+                targets = await conn.proxies()
+            except (LocateError, OSError):
+                continue
+            target = self.pick(targets, exclude=tried)
+            if target is not None:
+                return conn, target
+        return None
+
+    def _invite_request(
+        self,
+        session: Session,
+        conn: Connection,
+        ruri: URI,
+        target: Target,
+        call_id: str,
+        from_tag: str,
+        cseq: int,
+        sdp: bytes,
+    ) -> Request:
+        cfg = conn.cfg
+        name = f'"{cfg.display_name}" ' if cfg.display_name else ""
+        h = Headers()
+        h.add("From", f"{name}<sip:{cfg.user}@{cfg.aor_domain}>;tag={from_tag}")
+        h.add("To", f"<{ruri}>")
+        h.add("Call-ID", call_id)
+        h.add("CSeq", f"{cseq} INVITE")
+        h.add("Contact", f"<{conn.contact_uri(target.transport)}>")
+        h.add("Allow", self.ALLOW)
+        if sdp:
+            h.add("Content-Type", "application/sdp")
+        return Request("INVITE", ruri, h, sdp)
+
+    def destination_uri(self, destination: str, conn: Connection) -> URI:
+        if destination.startswith(("sip:", "sips:", "tel:")):
+            return parse_uri(destination)
+        if "@" in destination:
+            return parse_uri(f"sip:{destination}")
+        return parse_uri(f"sip:{destination}@{conn.cfg.aor_domain}")
+
+    async def _invite_once(
+        self,
+        session: Session,
+        conn: Connection,
+        target: Target,
+        destination: str,
+        sdp: bytes | None,
+    ) -> Response:
+        ruri = self.destination_uri(destination, conn)
+        call_id, from_tag, cseq = new_call_id(), new_tag(), [0]
+        session.call_ids.append(call_id)
+        session._provisional = asyncio.Event()
+        session.local_sdp = sdp if sdp is not None else self.offer()
+        session.set_state("in_progress")
+        last: list[Request] = []
+
+        def build() -> Request:
+            cseq[0] += 1
+            req = self._invite_request(
+                session, conn, ruri, target, call_id, from_tag, cseq[0], session.local_sdp
+            )
+            last[:] = [req]
+            return req
+
+        def on_provisional(resp: Response) -> None:
+            if resp.status == 100:
+                return
+            first = not session._provisional.is_set()
+            session._provisional.set()
+            if resp.status in (180, 183) and session.state == "in_progress":
+                session.set_state("ringing", f"{resp.status} {resp.reason}")
+            if first and session._cancel_wanted:
+                self.spawn(self.cancel(session))
+
+        def on_txn(txn: ClientTransaction) -> None:
+            session._invite_txn = txn
+            session._invite_target = target
+
+        resp = await self.send(
+            conn,
+            build,
+            target,
+            on_provisional=on_provisional,
+            on_txn=on_txn,
+            on_retransmitted_2xx=lambda r: self._ack(session, r),
+        )
+        session._invite = last[0]
+        return resp
+
+    def _after_invite(self, session: Session, resp: Response) -> None:
+        if resp.status >= 300:
+            reason = f"{resp.status} {resp.reason}"
+            if resp.status == 487 and session._cancel_wanted:
+                reason = "cancelled"
+            session.set_state("disconnected", reason)
+            return
+        assert session._invite is not None
+        session.dialog = Dialog.from_uac(session._invite, resp)
+        session.remote_sdp = resp.body
+        self.dialogs[session.dialog.id] = session
+        self._ack(session, resp)
+        if session._cancel_wanted:  # the 200 crossed our CANCEL: end it properly
+            self.spawn(self.bye(session))
+            return
+        session.set_state("established", f"{resp.status} {resp.reason}")
+
+    def _ack(self, session: Session, resp: Response) -> None:
+        if session.dialog is None or session._invite_target is None:
+            return
+        ack = session.dialog.create_ack(resp.cseq.number)
+        target = session._invite_target  # the 2xx ACK follows the INVITE's first hop
+        self.stack.prepare_request(ack, target)
+        self.stack.send_stateless(ack, target)
+
+    # -- in-dialog: hold, retrieve, BYE, CANCEL ------------------------------------------
+    async def dialog_targets(self, session: Session) -> list[Target]:
+        """Where an in-dialog request may go: the route set's first hop (a name there is
+        several proxies), then the connection's other proxies."""
+        out: list[Target] = []
+        conn = self.connection_object(session.connection)
+        transport = conn.cfg.protocol if conn is not None else None
+        if session.dialog is not None:
+            d = session.dialog
+            uri = d.route_set[0].uri if d.route_set else d.remote_target
+            if isinstance(uri, SipURI):
+                try:
+                    out += await self.locator.locate(uri, transport)
+                except (LocateError, OSError):
+                    pass
+        if conn is not None:
+            try:
+                out += [t for t in await conn.proxies() if t not in out]
+            except (LocateError, OSError):
+                pass
+        return out
+
+    async def reinvite(self, session: Session, direction: str) -> None:
+        """Hold (sendonly) or retrieve (sendrecv); retried once on another proxy, silently."""
+        d = session.dialog
+        if d is None or session.state not in ("established", "held"):
+            raise RuntimeError(f"cannot re-INVITE a session that is {session.state}")
+        conn = self.connection_object(session.connection)
+        sdp = with_direction(session.local_sdp or self.offer(), direction)
+        transport = session._invite_target.transport if session._invite_target else "udp"
+        contact = parse_uri(conn.contact_uri(transport)) if conn else None
+
+        def build() -> Request:
+            return d.create_request("INVITE", body=sdp, contact=contact)
+
+        failed: list[Target] = []
+        for attempt in (1, 2):
+            targets = await self.dialog_targets(session)
+            target = self.pick(targets, exclude=failed)
+            if target is None:
+                break
+            try:
+                resp = await self.send(conn, build, target)
+            except _FAILOVER as exc:
+                failed.append(target)
+                log.info(
+                    "re-INVITE %s via %s:%s: %s (attempt %d)",
+                    d.call_id,
+                    target.host,
+                    target.port,
+                    describe_failure(exc),
+                    attempt,
+                )
+                continue
+            if 200 <= resp.status < 300:
+                ack = d.create_ack(resp.cseq.number)
+                self.stack.prepare_request(ack, target)
+                self.stack.send_stateless(ack, target)
+                if resp.contact:  # a target refresh (§12.2.1.2)
+                    d.remote_target = resp.contact[0].uri
+                session.local_sdp = sdp
+                session.remote_sdp = resp.body or session.remote_sdp
+                session.held = direction != "sendrecv"
+                session.set_state(
+                    "held" if session.held else "established",
+                    "local hold" if session.held else "retrieved",
+                )
+            else:
+                log.info("re-INVITE %s answered %d %s", d.call_id, resp.status, resp.reason)
+            return
+        # RFC 5057 §5.1: a re-INVITE that timed out ends the dialog
+        session.reason = "re-INVITE: 408 Request Timeout"
+        await self.bye(session, reason="re-INVITE failed on every proxy")
+
+    async def cycle(
+        self,
+        session: Session,
+        what: str,
+        build: Callable[[], Request],
+        targets: Callable[[], object],
+        add_via: bool = True,
+    ) -> Response | None:
+        """Send ``build()`` through one proxy after another until something answers or the
+        retry window (32 s) is over; None means abandoned."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.policy.retry_window
+        conn = self.connection_object(session.connection)
+        failed: list[Target] = []
+        while loop.time() < deadline:
+            candidates: list[Target] = await targets()  # type: ignore[misc]
+            target = self.pick(candidates, exclude=failed)
+            if target is None:
+                failed.clear()  # every proxy failed once: start another round
+                await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+                continue
+            try:
+                return await self.send(conn, build, target, add_via=add_via)
+            except _FAILOVER as exc:
+                failed.append(target)
+                log.info(
+                    "%s %s via %s:%s: %s; trying the next proxy",
+                    what,
+                    session.call_id,
+                    target.host,
+                    target.port,
+                    describe_failure(exc),
+                )
+        log.warning(
+            "%s %s abandoned after %.0f s", what, session.call_id, self.config.policy.retry_window
+        )
+        return None
+
+    async def bye(self, session: Session, reason: str = "local hangup") -> None:
+        d = session.dialog
+        if d is None or d.state is DialogState.TERMINATED:
+            return
+        d.state = DialogState.TERMINATED
+        resp = await self.cycle(
+            session, "BYE", lambda: d.create_request("BYE"), lambda: self.dialog_targets(session)
+        )
+        if resp is None:
+            reason += f"; BYE abandoned after {self.config.policy.retry_window:g} s"
+        session.set_state("disconnected", reason)
+
+    async def cancel(self, session: Session) -> None:
+        txn = session._invite_txn
+        if txn is None or session.state not in ("in_progress", "ringing"):
+            return
+
+        async def targets() -> list[Target]:
+            # §9.1: the INVITE's hop first; the other proxies only when it is unreachable
+            first = [session._invite_target] if session._invite_target else []
+            return first + [t for t in await self.dialog_targets(session) if t not in first]
+
+        # the CANCEL keeps the INVITE's Via and branch (§9.1), so no Via of its own
+        resp = await self.cycle(session, "CANCEL", txn.make_cancel, targets, add_via=False)
+        if resp is None:
+            session.set_state("disconnected", "cancel abandoned: no proxy answered")
+
+    # -- inbound --------------------------------------------------------------------------
+    def inbound_invite(self, incoming: IncomingRequest) -> None:
+        conn = self.connection_for_source(incoming.source)
+        session = Session(self, "inbound", conn.id if conn else None)
+        session.incoming = incoming
+        session._local_tag = new_tag()
+        incoming.to_tag = session._local_tag
+        session.remote_sdp = incoming.request.body
+        session.call_ids.append(incoming.request.call_id)
+        session._invite_target = incoming.source
+        self.phone_sessions[session.id] = session
+        incoming.respond(180, headers=[("Contact", f"<{self.contact_for(conn, incoming)}>")])
+        session.set_state("ringing", "inbound call")
+        self.spawn(self._watch_cancel(session, incoming))
+        if self.auto_answer:
+            self.answer(session, None)
+
+    async def _watch_cancel(self, session: Session, incoming: IncomingRequest) -> None:
+        await incoming.cancelled.wait()
+        if not session._answered:
+            session.set_state("disconnected", "cancelled by the caller")
+
+    def contact_for(self, conn: Connection | None, incoming: IncomingRequest) -> str:
+        transport = incoming.source.transport
+        if conn is not None:
+            return conn.contact_uri(transport)
+        return str(self.stack.contact_uri("sipha", transport))
+
+    def answer(self, session: Session, sdp: bytes | None) -> None:
+        incoming = session.incoming
+        if incoming is None or session._answered or incoming.answered:
+            return
+        session._answered = True
+        session.local_sdp = sdp if sdp is not None else self.offer()
+        conn = self.connection_object(session.connection)
+        resp = incoming.respond(
+            200,
+            headers=[("Contact", f"<{self.contact_for(conn, incoming)}>"), ("Allow", self.ALLOW)],
+            body=session.local_sdp,
+            content_type="application/sdp",
+        )
+        session.dialog = Dialog.from_uas(incoming.request, session._local_tag, confirmed=True)
+        self.dialogs[session.dialog.id] = session
+        self.spawn(self._await_ack(session, resp))
+
+    async def _await_ack(self, session: Session, ok: Response) -> None:
+        """The SDK's rule for a 200 OK: if no ACK comes, send it through the next proxy,
+        and the next, for the retry window; then give up and report the call lost."""
+        policy = self.config.policy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.retry_window
+        step = policy.sip_transaction_timeout / 1000
+        sent_to: list[Target] = [session._invite_target] if session._invite_target else []
+        while loop.time() < deadline:
+            try:
+                await asyncio.wait_for(session._acked.wait(), min(step, deadline - loop.time()))
+                return
+            except TimeoutError:
+                pass
+            if session.state == "disconnected":
+                return
+            if sent_to:
+                self.blacklist.fail(sent_to[-1], self.now)
+            targets = await self.dialog_targets(session)
+            target = self.pick(targets, exclude=sent_to) or self.pick(targets)
+            if target is None:
+                continue
+            log.info(
+                "no ACK for the 200 OK of %s: sending it via %s:%s",
+                session.call_id,
+                target.host,
+                target.port,
+            )
+            sent_to.append(target)
+            self.stack.send_stateless(ok, target)
+        if not session._acked.is_set() and session.state != "disconnected":
+            # RFC 3261 §13.3.1.4: no ACK within 64*T1 -> the UAS ends the call with a BYE
+            self.spawn(self.bye(session, reason="no ACK for 200 OK: call abandoned"))
+
+    def in_dialog(self, incoming: IncomingRequest) -> None:
+        req = incoming.request
+        key = (req.call_id, req.to.tag or "", req.from_.tag or "")
+        session = self.dialogs.get(key)
+        if session is None or session.dialog is None:
+            if req.method != "ACK":
+                incoming.respond(481)
+            return
+        if req.method == "ACK":
+            if not session._acked.is_set():
+                session._acked.set()
+                session.set_state("established", "ACK received")
+            return
+        error = session.dialog.receive_request(req)
+        if error is not None:
+            incoming.respond(error)
+            return
+        if req.method == "BYE":
+            incoming.respond(200)
+            session.dialog.state = DialogState.TERMINATED
+            session.set_state("disconnected", "remote hangup")
+        elif req.method in ("INVITE", "UPDATE"):
+            theirs = sdp_direction(req.body) if req.body else "sendrecv"
+            ours = {"sendonly": "recvonly", "inactive": "inactive"}.get(theirs, "sendrecv")
+            body = with_direction(session.local_sdp or self.offer(), ours)
+            conn = self.connection_object(session.connection)
+            incoming.respond(
+                200,
+                headers=[("Contact", f"<{self.contact_for(conn, incoming)}>")],
+                body=body,
+                content_type="application/sdp",
+            )
+            session.remote_sdp = req.body or session.remote_sdp
+            held = theirs in ("sendonly", "inactive")
+            if held != session.held:
+                session.held = held
+                session.set_state(
+                    "held" if held else "established", "remote hold" if held else "remote retrieve"
+                )
+        else:
+            incoming.respond(200)
