@@ -186,12 +186,13 @@ class Recorder:
         self.events.append(event)
         self._new.set()
 
-    async def wait(self, timeout: float = 10.0, **match: Any) -> Event:
+    async def wait(self, timeout: float = 10.0, after: float = 0.0, **match: Any) -> Event:
+        """The first event (since time ``after``) whose fields match."""
         async with asyncio.timeout(timeout):
             seen = 0
             while True:
                 for e in self.events[seen:]:
-                    if all(getattr(e, k, None) == v for k, v in match.items()):
+                    if e.ts > after and all(getattr(e, k, None) == v for k, v in match.items()):
                         return e
                 seen = len(self.events)
                 self._new.clear()

@@ -262,7 +262,7 @@ class TransportManager:
         """Close the flow to ``target`` (a keep-alive found it dead) and report it failed."""
         conn = self._conns.get(target)
         if conn is not None:
-            self._unregister(conn, reason)  # first, so the report carries this reason
+            self._unregister(conn, reason, prefix="")  # first: the report carries this reason
             conn.close()
 
     def _udp_for(self, v6: bool) -> _Udp | None:
@@ -311,13 +311,13 @@ class TransportManager:
         self.stats.connections_opened += 1
         self._conns[conn.target] = conn
 
-    def _unregister(self, conn: _Stream, reason: str) -> None:
+    def _unregister(self, conn: _Stream, reason: str, prefix: str = "transport: ") -> None:
         gone = [t for t, c in self._conns.items() if c is conn]
         if gone:
             self.stats.connections_lost += 1
         for t in gone:
             del self._conns[t]
-            self.on_failure(t, f"transport: {reason}")
+            self.on_failure(t, f"{prefix}{reason}")
 
     def connection_count(self) -> int:
         return len({id(c) for c in self._conns.values()})
