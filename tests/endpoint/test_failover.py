@@ -69,11 +69,11 @@ async def rig(
             edge_node(tmp_path, B, port, redis_url, users) as nb,
             running_phone(
                 phone_config(dns.address, [conn("1001", port, protocol)],
-                             sip_transaction_timeout=TIMEOUT_MS, **policy)  # fmt: skip
+                             sip_transaction_timeout=TIMEOUT_MS, **policy)
             ) as (alice, arec),
             running_phone(
                 phone_config(dns.address, [conn("1002", port, protocol)],
-                             sip_transaction_timeout=TIMEOUT_MS, **policy),  # fmt: skip
+                             sip_transaction_timeout=TIMEOUT_MS, **policy),
                 auto_answer=bob_auto,
             ) as (bob, brec),
         ):

@@ -15,7 +15,15 @@ from sipha.endpoint import ConnectionStatus, PhoneConfig
 from sipha.endpoint.registration import backoff
 from tests.dnsserver import DnsServer
 
-from .helpers import PASSWORD, REALM, edge_node, free_port_on, phone_config, running_phone, users_file
+from .helpers import (
+    PASSWORD,
+    REALM,
+    edge_node,
+    free_port_on,
+    phone_config,
+    running_phone,
+    users_file,
+)
 
 
 @pytest.mark.parametrize("failures", [1, 2, 3, 10])
