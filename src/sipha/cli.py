@@ -66,6 +66,30 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("-c", "--config", required=True, metavar="FILE", help="edge TOML file")
 
+    phone = sub.add_parser(
+        "phone",
+        help="run the endpoint SDK: register on every connection, print events as JSON lines",
+        description="Register every [[connection]] of the phone TOML at once and print one "
+        "JSON object per event on stdout (connection_status, session). With --call, place "
+        "one call and exit 0 if it was answered, 1 if not; without it, wait for calls until "
+        "SIGTERM/SIGINT. Logs go to stderr (-v for more).",
+    )
+    phone.add_argument("-c", "--config", required=True, metavar="FILE", help="phone TOML file")
+    phone.add_argument("--call", metavar="URI", help="dial this number or SIP URI and exit")
+    phone.add_argument(
+        "--connection", type=_non_negative_int, metavar="ID",
+        help="dial through this connection (falls back to another registered one)",
+    )  # fmt: skip
+    phone.add_argument("--auto-answer", action="store_true", help="answer inbound calls at once")
+    phone.add_argument(
+        "--duration", type=_positive_float, metavar="S",
+        help="hang up calls after S seconds (default: wait for the far end)",
+    )  # fmt: skip
+    phone.add_argument(
+        "--hold-after", type=_positive_float, metavar="S",
+        help="with --call: hold after S seconds, retrieve a moment later",
+    )  # fmt: skip
+
     ctl = sub.add_parser(
         "ctl",
         help="talk to a running role's admin API: status, drain, undrain",
@@ -102,9 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser(
         "import-config",
-        help="convert an HmpElementsServer.exe.config to appserver TOML on stdout",
+        help="convert an HmpElementsServer.exe.config or a SipEndpoint.config to TOML on stdout",
         description="Convert the applicationSettings of an HmpElementsServer.exe.config to "
-        "sipha appserver TOML on stdout; settings with no equivalent become comments.",
+        "sipha appserver TOML, or a SIP Endpoint SDK SipEndpoint.config (Connectivity "
+        "entries, Proxies/proxyN, Policy/endpoint) to sipha phone TOML, on stdout. The kind "
+        "of file is recognised from its content; settings with no equivalent become comments.",
     )
     imp.add_argument("file", metavar="FILE")
     return p
@@ -114,6 +140,45 @@ def _sip_failure_code(text: str) -> int:
     if not text.isdigit() or not 400 <= int(text) <= 699:
         raise argparse.ArgumentTypeError(f"{text!r} is not a SIP failure code 400..699")
     return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 0 or more")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 and under a day")
+    return value
+
+
+def _phone(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .endpoint.cli import run_phone
+    from .stack import install_uvloop
+
+    install_uvloop()
+    try:
+        return asyncio.run(
+            run_phone(
+                args.config, call=args.call, connection=args.connection,
+                auto_answer=args.auto_answer, duration=args.duration, hold_after=args.hold_after,
+            )
+        )  # fmt: skip
+    except (ConfigError, ValueError) as exc:
+        print(f"sipha phone: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sipha phone: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _positive_int(text: str) -> int:
@@ -213,18 +278,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_role("appserver", args.config)
     if args.command == "edge":
         return _run_role("edge", args.config)
+    if args.command == "phone":
+        return _phone(args)
     if args.command == "ctl":
         from .ctl import run_ctl
 
         return run_ctl(args)
     if args.command == "import-config":
+        import xml.etree.ElementTree as ET
         from pathlib import Path
 
         from .appserver.importer import ImportError_, convert
+        from .endpoint.importer import EndpointImportError, convert_endpoint, is_endpoint_config
 
+        path = Path(args.file)
         try:
-            sys.stdout.write(convert(Path(args.file)))
-        except ImportError_ as exc:
+            try:
+                root = ET.parse(path).getroot()
+            except (OSError, ET.ParseError) as exc:
+                raise ImportError_(f"{path}: not readable XML: {exc}") from None
+            if is_endpoint_config(root):
+                sys.stdout.write(convert_endpoint(path, root))
+            else:
+                sys.stdout.write(convert(path))
+        except (ImportError_, EndpointImportError) as exc:
             print(f"sipha import-config: {exc}", file=sys.stderr)
             return 2
         return 0

@@ -38,11 +38,6 @@ def read_settings(path: Path) -> list[tuple[str, str]]:
         raise ImportError_(f"{path}: not readable XML: {exc}") from None
     app = root.find("applicationSettings")
     if app is None:
-        if root.find(".//Connectivity") is not None or root.tag.lower().startswith("sipendpoint"):
-            raise ImportError_(
-                f"{path}: a SipEndpoint.config (endpoint SDK) file; its conversion comes with "
-                "the endpoint SDK and is not in this version"
-            )
         raise ImportError_(f"{path}: no <applicationSettings> section (not an HmpElements config?)")
     out = []
     for setting in app.iter("setting"):

@@ -1,0 +1,148 @@
+"""``sipha phone`` as a process (JSON-line events, exit status) and ``sipha import-config``
+on a SipEndpoint.config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from tests.appserver.helpers import toml
+from tests.dnsserver import DnsServer
+
+from .helpers import PASSWORD, REALM, edge_node, free_port_on, users_file
+
+NODE = "127.0.0.2"
+
+
+def phone_toml(tmp_path: Path, name: str, user: str, port: int, dns: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(toml({
+        "policy": {"sip_transaction_timeout": 1000},
+        "dns": {"nameservers": [dns], "hosts_file": ""},
+        "connection": [{"id": 0, "user": user, "password": PASSWORD,
+                        "server": f"{REALM}:{port}", "protocol": "udp", "reg_interval": 1}],
+    }))  # fmt: skip
+    return path
+
+
+async def sipha(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sipha", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_phone_cli_calls_holds_and_prints_json_events(tmp_path: Path, redis_url: str) -> None:
+    port = free_port_on(NODE)
+    users = users_file(tmp_path, {"1001": PASSWORD, "1002": PASSWORD})
+    with DnsServer() as dns:
+        dns.add(REALM, "A", NODE)
+        async with edge_node(tmp_path, NODE, port, redis_url, users):
+            callee = await sipha("phone", "-c", str(phone_toml(tmp_path, "b", "1002", port, dns.address)),
+                                 "--auto-answer")  # fmt: skip
+            try:
+                assert callee.stdout is not None
+                first = json.loads(await asyncio.wait_for(callee.stdout.readline(), 10))
+                assert first["event"] == "connection_status" and first["status"] == "registered"
+                caller = await sipha(
+                    "phone", "-c", str(phone_toml(tmp_path, "a", "1001", port, dns.address)),
+                    "--call", "1002", "--connection", "0", "--hold-after", "0.3", "--duration", "2",
+                )  # fmt: skip
+                out, err = await asyncio.wait_for(caller.communicate(), 30)
+                assert caller.returncode == 0, err.decode()[-2000:]
+                events = [json.loads(line) for line in out.decode().splitlines()]
+                assert all("ts" in e and "event" in e for e in events)
+                states = [e["state"] for e in events if e["event"] == "session"]
+                assert states[:3] == ["in_progress", "ringing", "established"]
+                assert "held" in states and states[-1] == "disconnected"
+                sessions = [e for e in events if e["event"] == "session"]
+                assert {e["connection"] for e in sessions} == {0}
+                assert len({e["call_id"] for e in sessions}) == 1
+                assert events[-1]["event"] == "connection_status" and events[-1]["status"] == "disabled"
+            finally:
+                callee.terminate()
+                await callee.communicate()
+            assert callee.returncode == 0
+
+
+async def test_phone_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "phone.toml"
+    bad.write_text("[policy]\nsip_transaction_timeout = 40000\n")
+    proc = await sipha("phone", "-c", str(bad))
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines() == [
+        f"sipha phone: {bad}: policy.sip_transaction_timeout: must be 1..32000 ms "
+        "(the RFC 3261 Timer B/F is 32000), got 40000"
+    ]
+
+
+SDK_CONFIG = """<?xml version="1.0" encoding="utf-8"?>
+<Container name="ServiceRoot">
+  <Container name="Basic">
+    <Container name="Cloud">
+      <Connectivity user="1001" server="site-a.example.test:5060" protocol="UDP"/>
+      <Connectivity user="1001" server="site-b.example.test" protocol="TCP"/>
+    </Container>
+  </Container>
+  <Container name="Genesys">
+    <Container name="Policy">
+      <Domain name="endpoint">
+        <Attribute name="sip_transaction_timeout" value="3000"/>
+        <Attribute name="rtp_port_min" value="9000"/>
+      </Domain>
+    </Container>
+    <Container name="Proxies">
+      <Domain name="proxy0">
+        <Attribute name="display_name" value="Agent 1001"/>
+        <Attribute name="password" value="s3cret"/>
+        <Attribute name="reg_interval" value="30"/>
+        <Attribute name="reg_timeout" value="1800"/>
+      </Domain>
+      <Domain name="proxy1">
+        <Attribute name="reg_interval" value="0"/>
+        <Attribute name="nat" value="stun"/>
+      </Domain>
+    </Container>
+  </Container>
+</Container>
+"""
+
+
+async def test_import_sip_endpoint_config(tmp_path: Path) -> None:
+    src = tmp_path / "SipEndpoint.config"
+    src.write_text(SDK_CONFIG)
+    proc = await sipha("import-config", str(src))
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    text = out.decode()
+    # the output is a valid phone config with the SDK's values
+    dst = tmp_path / "phone.toml"
+    dst.write_text(text)
+    from sipha.config import load_config
+    from sipha.endpoint import PhoneConfig
+
+    cfg = load_config(dst, PhoneConfig)
+    assert cfg.policy.sip_transaction_timeout == 3000
+    a, b = cfg.connection
+    assert (a.id, a.user, a.server, a.protocol, a.reg_interval, a.expires) == (
+        0, "1001", "site-a.example.test:5060", "udp", 30, 1800)  # fmt: skip
+    assert (a.display_name, a.password) == ("Agent 1001", "s3cret")
+    assert (b.id, b.server, b.protocol, b.reg_interval) == (1, "site-b.example.test", "tcp", 0)
+    assert "# not mapped: policy/endpoint/rtp_port_min = '9000'" in text
+    assert "# not mapped: proxy1/nat = 'stun'" in text
+
+
+async def test_import_refuses_garbage(tmp_path: Path) -> None:
+    src = tmp_path / "x.config"
+    src.write_text("<Container><Connectivity user='1'/></Container>")
+    proc = await sipha("import-config", str(src))
+    out, err = await proc.communicate()
+    assert proc.returncode == 0  # converted, with the incomplete entry reported
+    assert "Connectivity #0 skipped: needs user and server" in out.decode()
+    src.write_text("not xml")
+    proc = await sipha("import-config", str(src))
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and "not readable XML" in err.decode()
