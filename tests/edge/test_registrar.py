@@ -205,7 +205,7 @@ async def test_drain_given_to_one_node_holds_on_all(tmp_path: Path, redis_url: s
 async def test_redis_outage_keeps_routing_and_writes_back(
     tmp_path: Path, redis_server: object
 ) -> None:
-    from tests.edge.conftest import RedisServer
+    from tests.redisserver import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     (tmp_path / "n1").mkdir()
