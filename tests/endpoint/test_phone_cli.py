@@ -61,6 +61,19 @@ async def test_phone_cli_calls_holds_and_prints_json_events(tmp_path: Path, redi
                 assert {e["connection"] for e in sessions} == {0}
                 assert len({e["call_id"] for e in sessions}) == 1
                 assert events[-1]["event"] == "connection_status" and events[-1]["status"] == "disabled"
+
+                # the README's example program, against the same callee
+                example = Path(__file__).parents[2] / "examples" / "phone.py"
+                prog = await asyncio.create_subprocess_exec(
+                    sys.executable, str(example), str(tmp_path / "a.toml"), "1002",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await asyncio.wait_for(prog.communicate(), 30)
+                assert prog.returncode == 0, (out + err).decode()[-2000:]
+                text = out.decode()
+                assert "site 0: registered via 127.0.0.2:" in text
+                for state in ("in_progress", "ringing", "established", "held", "disconnected"):
+                    assert f": {state}" in text, text
             finally:
                 callee.terminate()
                 await callee.communicate()
