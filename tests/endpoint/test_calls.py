@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from sipha.endpoint import ConnectionStatus, SessionEvent
 from tests.dnsserver import DnsServer
 
@@ -130,3 +132,26 @@ async def test_caller_cancel_while_ringing(tmp_path: Path, redis_url: str) -> No
             far = await brec.wait(event="session", state="disconnected")
             assert far.reason == "cancelled by the caller"  # type: ignore[union-attr]
             await asyncio.sleep(0)
+
+
+async def test_disable_enable_remove_connection(tmp_path: Path, redis_url: str) -> None:
+    port = free_port_on(A, B)
+    users = users_file(tmp_path, {"1001": PASSWORD})
+    with DnsServer() as dns:
+        dns.add(REALM, "A", A)
+        async with (
+            edge_node(tmp_path, A, port, redis_url, users),
+            running_phone(phone_config(dns.address, [conn("1001", port)])) as (phone, rec),
+        ):
+            await phone.wait_registered(0)
+            await phone.disable_connection(0)
+            ev = await rec.wait(event="connection_status", status="disabled")
+            assert phone.connections[0].status == "disabled" and not phone.connections[0].enabled
+            phone.enable_connection(0)
+            back = await rec.wait(after=ev.ts, event="connection_status", status="registered")
+            assert back.ts > ev.ts
+            await phone.remove_connection(0)
+            await rec.wait(event="connection_status", status="removed")
+            assert phone.connections == ()
+            with pytest.raises(LookupError, match="no enabled connection 0"):
+                await phone.dial("1002", connection_id=0)
