@@ -16,15 +16,17 @@ def test_help_lists_commands() -> None:
     out = sipha("--help")
     assert out.returncode == 0
     assert "demo" in out.stdout
-    assert sipha("demo", "--help").stdout.count("--calls") >= 1
+    assert "--scenario" in sipha("demo", "--help").stdout
+    assert "--auto-answer" in sipha("phone", "--help").stdout
 
 
 def test_bad_arguments_exit_2_with_one_line() -> None:
     for args in (
-        ["demo", "--calls", "0"],
-        ["demo", "--calls", "x"],
+        ["demo", "--cps", "0"],
+        ["demo", "--seconds", "x"],
         ["nope"],
-        ["demo", "--transport", "sctp"],
+        ["demo", "--scenario", "meteor"],
+        ["phone", "-c", "x.toml", "--connection", "-1"],
     ):
         out = sipha(*args)
         assert out.returncode == 2, args
@@ -38,9 +40,19 @@ def test_no_command_prints_help_and_exits_2() -> None:
     assert out.returncode == 2 and "usage:" in out.stdout
 
 
-def test_demo_places_calls_over_udp_and_tcp() -> None:
-    for transport in ("udp", "tcp"):
-        out = sipha("demo", "--calls", "3", "--transport", transport)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "3 of 3 calls completed, 0 failed" in out.stdout
-        assert out.stdout.count("100 180 200") == 3
+def test_short_demo_loses_no_call_and_writes_the_report(tmp_path) -> None:
+    report = tmp_path / "report.html"
+    out = sipha("demo", "--seconds", "10", "--report", str(report), timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "No call lost." in out.stdout
+    text = out.stdout
+    for event in ("A's backend is down", "A in maintenance: OPTIONS now answered 503",
+                  "edge took A out", "A's backend is back", "edge took A back"):
+        assert event in text, event
+    html = report.read_text()
+    assert "<svg" in html and "server A" in html and "server B" in html
+    assert "<th>failed or lost (target 0)</th><td>0</td>" in html
+    # both servers took calls, and B took more while A was out
+    answered_a = int(html.split("<th>answered on A</th><td>")[1].split("<")[0])
+    answered_b = int(html.split("<th>answered on B</th><td>")[1].split("<")[0])
+    assert answered_a > 0 and answered_b > answered_a

@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -36,15 +35,32 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
-        help="place calls between two sipha user agents on loopback and show what happened",
-        description="Start two sipha user agents on 127.0.0.1 (free ports), place calls from "
-        "one to the other (INVITE, 100, 180, 200, ACK, BYE) and print each call's outcome "
-        "and set-up time. Exit status 0 when every call succeeded.",
+        help="edge + two appservers + a caller on loopback; cut a backend; count lost calls",
+        description="Start, on loopback with free ports and no config to write: an edge, two "
+        "appservers (A and B, each with a health probe on a small backend), and a caller "
+        "(the endpoint SDK) placing calls at --cps for --seconds. A third of the way in, "
+        "the scenario's failure hits A; at two thirds it recovers. A live view shows the "
+        "counters and each event; at the end a table and an HTML report with a chart. "
+        "Exit status 0 when no call was lost (crash: none besides those up on A).",
     )
-    demo.add_argument("--calls", type=_positive_int, default=5, help="calls to place (default 5)")
     demo.add_argument(
-        "--transport", choices=("udp", "tcp"), default="udp", help="transport (default udp)"
+        "--seconds", type=_positive_float, default=60.0, help="how long to place calls (default 60)"
     )
+    demo.add_argument(
+        "--cps", type=_positive_float, default=5.0, help="calls per second (default 5)"
+    )
+    demo.add_argument(
+        "--duration", type=_positive_float, default=3.0, help="seconds each call lasts (default 3)"
+    )
+    demo.add_argument(
+        "--scenario", choices=("backend", "crash", "edge-failover"), default="backend",
+        help="backend: A's backend goes down (default); crash: A is SIGKILLed; "
+        "edge-failover: one of two edge nodes freezes",
+    )  # fmt: skip
+    demo.add_argument(
+        "--report", default="sipha-demo-report.html", metavar="FILE",
+        help="where to write the HTML report (default ./sipha-demo-report.html)",
+    )  # fmt: skip
 
     app = sub.add_parser(
         "appserver",
@@ -191,57 +207,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-async def _demo(calls: int, transport: str) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .sip.transaction import Target
-    from .stack import SipStack
-    from .ua import InboundCall, UserAgent, simple_sdp
-
-    console = Console()
-    async with (
-        SipStack([f"{transport}:127.0.0.1:0"]) as a,
-        SipStack([f"{transport}:127.0.0.1:0"]) as b,
-    ):
-
-        async def on_invite(call: InboundCall) -> None:
-            call.ring()
-            call.answer(simple_sdp("127.0.0.1", 40000))
-
-        UserAgent(b, user="callee", on_invite=on_invite)
-        caller = UserAgent(a, user="caller")
-        port = b.local(transport).port
-        console.print(f"callee listening on {transport}:127.0.0.1:{port}")
-        table = Table(title=f"sipha demo: {calls} call(s) over {transport.upper()} on loopback")
-        for col in ("#", "Call-ID", "responses", "set-up ms", "BYE", "result"):
-            table.add_column(col)
-        failed = 0
-        for i in range(1, calls + 1):
-            seen: list[str] = []
-            start = time.perf_counter()
-            try:
-                call = await caller.invite(
-                    f"sip:callee@127.0.0.1:{port};transport={transport}",
-                    target=Target(transport, "127.0.0.1", port),
-                    body=simple_sdp("127.0.0.1", 30000),
-                    on_provisional=lambda r, seen=seen: seen.append(str(r.status)),  # type: ignore[misc]
-                )
-                setup = (time.perf_counter() - start) * 1000
-                seen.append("200")
-                bye = await call.bye()
-                table.add_row(
-                    str(i), call.call_id[:24], " ".join(seen), f"{setup:.1f}",
-                    str(bye.status if bye else "-"), "[green]ok",
-                )  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 - every outcome is reported
-                failed += 1
-                table.add_row(str(i), "-", " ".join(seen), "-", "-", f"[red]{exc}")
-        console.print(table)
-        console.print(f"{calls - failed} of {calls} calls completed, {failed} failed")
-        return 0 if failed == 0 else 1
-
-
 def _run_role(role: str, config: str) -> int:
     from .config import ConfigError
     from .stack import install_uvloop
@@ -306,11 +271,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "demo":
+        from pathlib import Path
+
+        from .demo.run import run_demo
         from .stack import install_uvloop
 
         install_uvloop()
         try:
-            return asyncio.run(_demo(args.calls, args.transport))
+            return asyncio.run(
+                run_demo(
+                    seconds=args.seconds, cps=args.cps, duration=args.duration,
+                    scenario=args.scenario, report=Path(args.report),
+                )
+            )  # fmt: skip
+        except RuntimeError as exc:
+            print(f"sipha demo: {exc}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             return 130
     parser.error(f"unknown command {args.command}")

@@ -503,6 +503,9 @@ class CallFlows:
         )
         if resp is None:
             reason += f"; BYE abandoned after {self.config.policy.retry_window:g} s"
+        elif resp.status >= 300:
+            # 408/481: the far end was already gone (a crashed server, a lost dialog)
+            reason += f"; BYE answered {resp.status} {resp.reason}"
         session.set_state("disconnected", reason)
 
     async def cancel(self, session: Session) -> None:

@@ -1,0 +1,1 @@
+"""``sipha demo``: the whole HA story on one machine (see run.py for the scenarios)."""
