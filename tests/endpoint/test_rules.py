@@ -103,6 +103,23 @@ async def test_reg_interval_zero_does_not_resend_after_a_failure() -> None:
             assert len(seen[one.call_id]) >= 3  # kept trying, every reg_interval (1 s)
 
 
+async def test_refused_tcp_port_is_retried_at_the_back_off_pace_not_in_a_storm() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, DnsServer() as dns:
+        s.bind(("127.0.0.5", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        cfg = phone_config(dns.address, [{"id": 0, "user": "1001", "protocol": "tcp",
+                                          "server": f"127.0.0.5:{port}", "reg_interval": 1}])  # fmt: skip
+        async with running_phone(cfg) as (phone, rec):
+            ev = await rec.wait(event="connection_status", status="unavailable")
+            assert isinstance(ev, ConnectionStatus)
+            assert ev.reason == "transport: connection refused"
+            await asyncio.sleep(2.5)
+            conn = phone.connection_object(0)
+            assert conn is not None
+            # one REGISTER, then one per reg_interval (1 s): 3 or 4 in 2.5 s, not thousands
+            assert 2 <= conn.cseq <= 4, conn.cseq
+
+
 async def test_srv_name_registers_on_the_srv_targets(tmp_path: Path, redis_url: str) -> None:
     port = free_port_on("127.0.0.2")
     users = users_file(tmp_path, {"1001": PASSWORD})

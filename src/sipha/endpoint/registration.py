@@ -204,15 +204,16 @@ class Connection:
         return True
 
     def flow_failed(self, target: Target, reason: str) -> None:
-        """The flow under the registration broke (TCP reset, dead keep-alive)."""
-        if self.target != target or not self.enabled:
-            return
-        if target.transport == "udp" and self.cfg.reg_interval == 0 and not self.registered:
+        """The flow under a live registration broke (TCP reset, dead keep-alive).
+
+        Only a registered flow counts: a REGISTER that failed on its own flow is the
+        loop's business (back-off), or a refused TCP port would re-register in a storm.
+        """
+        if self.target != target or not self.enabled or not self.registered:
             return
         self.broken = (target, reason)
         self._stop_keepalive()
-        if self.registered:
-            self.set_status("unavailable", reason)
+        self.set_status("unavailable", reason)
         self.wake.set()
 
     async def _register_once(self, avoid: Target | None) -> tuple[bool, str]:
@@ -326,7 +327,7 @@ class Connection:
                     why = f"keep-alive: no pong within {policy.keepalive_timeout:g} s"
                     self.phone.blacklist.fail(target, self.phone.now)
                     transports.drop(target, why)  # reports the failure -> flow_failed
-                    self.flow_failed(target, why)  # in case there was no connection left
+                    self.flow_failed(target, why)  # no-op unless no connection was left
                     return
             elif policy.udp_keepalive == "crlf":
                 transports.ping(target)
