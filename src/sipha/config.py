@@ -9,6 +9,7 @@ and the log can say it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -147,3 +148,41 @@ class ConfigHolder(Generic[M]):
 
         async for _ in awatch(self.path.parent, watch_filter=ours, debounce=50, step=20):
             self.reload()
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write the TOML subset sipha's configs use (tables, arrays of tables, scalars, lists),
+    for the demo and the tests that generate configs; tomllib only reads."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a valid TOML basic string
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return repr(v) if isinstance(v, float) else str(v)
+
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and isinstance(v[0], dict)
+
+    out: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any], array: bool = False) -> None:
+        out.append(f"[[{prefix}]]" if array else f"[{prefix}]")
+        nested = {k: v for k, v in d.items() if isinstance(v, dict) or is_tables(v)}
+        out.extend(f"{k} = {scalar(v)}" for k, v in d.items() if k not in nested)
+        for k, v in nested.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}", v)
+            elif is_tables(v):
+                for item in v:
+                    table(f"{prefix}.{k}", item, array=True)
+
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table(key, value)
+        elif isinstance(value, list):
+            for item in value:
+                table(key, item, array=True)
+    return "\n".join(out) + "\n"

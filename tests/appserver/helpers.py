@@ -10,50 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from sipha.appserver.server import AppServer
+from sipha.config import dump_toml as toml
 from sipha.sip import Headers, Request
 from sipha.sip.ids import new_call_id, new_tag
 from sipha.sip.transaction import Target
 from sipha.stack import SipStack
 from tests.sipp import free_port
-
-
-def toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for test configs (tables, arrays of tables, scalars, lists)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        return str(v)
-
-    out: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any], array: bool = False) -> None:
-        plain = {
-            k: v
-            for k, v in d.items()
-            if not isinstance(v, dict)
-            and not (isinstance(v, list) and v and isinstance(v[0], dict))
-        }
-        out.append(f"[[{prefix}]]" if array else f"[{prefix}]")
-        out.extend(f"{k} = {scalar(v)}" for k, v in plain.items())
-        for k, v in d.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}", v)
-            elif isinstance(v, list) and v and isinstance(v[0], dict):
-                for item in v:
-                    table(f"{prefix}.{k}", item, array=True)
-
-    for key, value in data.items():
-        if isinstance(value, dict):
-            table(key, value)
-        elif isinstance(value, list):
-            for item in value:
-                table(key, item, array=True)
-    return "\n".join(out) + "\n"
 
 
 def base_config(sip_port: int, **overrides: Any) -> dict[str, Any]:

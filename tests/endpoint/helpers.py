@@ -33,6 +33,12 @@ REALM = "edge.test"
 PASSWORD = "secret"
 
 
+def conn(user: str, port: int, protocol: str = "udp", **kw: Any) -> dict[str, Any]:
+    """Connection 0 of a test phone: ``user`` at edge.test:port with the test password."""
+    return {"id": 0, "user": user, "password": PASSWORD, "server": f"{REALM}:{port}",
+            "protocol": protocol, "reg_interval": 1, "expires": 60, **kw}  # fmt: skip
+
+
 class Node:
     """A proxy process: freeze it (SIGSTOP: silent, like a hung host) or kill it."""
 
@@ -100,6 +106,20 @@ def users_file(tmp_path: Path, users: dict[str, str]) -> Path:
 
 
 @contextlib.asynccontextmanager
+async def node_process(cmd: list[str], log: Path, host: str, port: int) -> AsyncIterator[Node]:
+    """Start ``cmd`` in its own process group (log appended), wait until SIP answers on
+    host:port, and kill the whole group afterwards."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    node = Node(proc, host, port, log)
+    try:
+        await wait_answering(host, port)
+        yield node
+    finally:
+        node.kill()
+
+
+@contextlib.asynccontextmanager
 async def edge_node(
     tmp_path: Path, host: str, port: int, redis_url: str, users: Path | None = None
 ) -> AsyncIterator[Node]:
@@ -117,18 +137,11 @@ async def edge_node(
         cfg["registrar"]["users_file"] = str(users)
     path = tmp_path / f"edge-{host}.toml"
     path.write_text(toml(cfg))
-    log = tmp_path / f"edge-{host}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sipha", "-v", "edge", "-c", str(path)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    node = Node(proc, host, port, log)
-    try:
-        await wait_answering(host, port)
+    async with node_process(
+        [sys.executable, "-m", "sipha", "-v", "edge", "-c", str(path)],
+        tmp_path / f"edge-{host}.log", host, port,
+    ) as node:  # fmt: skip
         yield node
-    finally:
-        node.kill()
 
 
 @contextlib.asynccontextmanager
@@ -142,20 +155,13 @@ async def kamailio_site(tmp_path: Path, host: str, port: int) -> AsyncIterator[N
         .replace("@PORT@", str(port))
         .replace("@PASSWORD@", PASSWORD)
     )
-    log = tmp_path / f"kamailio-{host}.log"
     rundir = tmp_path / f"kamailio-run-{host}"
     rundir.mkdir(exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(rundir), "-m", "64"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    node = Node(proc, host, port, log)
-    try:
-        await wait_answering(host, port)
+    async with node_process(
+        [KAMAILIO, "-f", str(cfg), "-DD", "-E", "-Y", str(rundir), "-m", "64"],
+        tmp_path / f"kamailio-{host}.log", host, port,
+    ) as node:  # fmt: skip
         yield node
-    finally:
-        node.kill()
 
 
 def free_port_on(*hosts: str) -> int:

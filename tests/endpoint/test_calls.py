@@ -4,7 +4,6 @@ SDK's retry rules when a node freezes or dies."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from tests.dnsserver import DnsServer
 from .helpers import (
     PASSWORD,
     REALM,
+    conn,
     edge_node,
     free_port_on,
     phone_config,
@@ -23,11 +23,6 @@ from .helpers import (
 )
 
 A, B = "127.0.0.2", "127.0.0.3"
-
-
-def conn(user: str, port: int, **kw: object) -> dict[str, object]:
-    return {"id": 0, "user": user, "password": PASSWORD, "server": f"{REALM}:{port}",
-            "protocol": "udp", "reg_interval": 1, "expires": 60, **kw}  # fmt: skip
 
 
 async def test_register_call_hold_retrieve_hangup(tmp_path: Path, redis_url: str) -> None:
@@ -131,7 +126,6 @@ async def test_caller_cancel_while_ringing(tmp_path: Path, redis_url: str) -> No
             assert session.reason == "cancelled"
             far = await brec.wait(event="session", state="disconnected")
             assert far.reason == "cancelled by the caller"  # type: ignore[union-attr]
-            await asyncio.sleep(0)
 
 
 async def test_disable_enable_remove_connection(tmp_path: Path, redis_url: str) -> None:

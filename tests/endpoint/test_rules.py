@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sipha.config import ConfigError, load_config
-from sipha.endpoint import ConnectionStatus, PhoneConfig
+from sipha.endpoint import ConnectionStatus, Phone, PhoneConfig
 from sipha.endpoint.registration import backoff
 from tests.dnsserver import DnsServer
 
@@ -38,6 +38,29 @@ def test_backoff_follows_rfc_5626_section_4_5(failures: int) -> None:
 
 def test_backoff_is_capped_by_max_retry() -> None:
     assert backoff(40, all_failed=True, max_time=120, rng=random.Random()) <= 120
+
+
+def test_dial_plan_prefers_the_chosen_or_first_registered_connection() -> None:
+    phone = Phone(phone_config("127.0.0.1", [
+        {"id": 0, "user": "1001", "server": "a.test"},
+        {"id": 1, "user": "1001", "server": "b.test"},
+        {"id": 2, "user": "1001", "server": "c.test", "enabled": False},
+    ]))  # fmt: skip
+    for c in phone.config.connection:
+        phone.add_connection(c)  # not started: no registration runs, statuses are ours
+    conns = {c.id: c for c in phone.connection_objects()}
+
+    def plan(cid: int | None) -> list[int]:
+        return [c.id for c in phone.dial_plan(cid)]
+
+    conns[1].status = "registered"
+    assert plan(None) == [1, 0]  # the first registered one, then the rest
+    assert plan(1) == [1]  # chosen and up; 0 is not registered, so no fallback
+    assert plan(0) == [1, 0]  # chosen but down: through the other, itself last
+    conns[0].status = "registered"
+    assert plan(None) == [0, 1] and plan(1) == [1, 0]
+    with pytest.raises(LookupError, match="no enabled connection 2"):
+        plan(2)
 
 
 @pytest.mark.parametrize("value", [0, 40000])

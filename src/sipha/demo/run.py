@@ -123,10 +123,8 @@ class Demo:
                 await self._drive(phone, servers, backends, edges)
             finally:
                 await phone.close()
-            pool = await asyncio.to_thread(edges[-1].pool)
-            self.result.rerouted = sum(int(p["rerouted"]) for p in [pool] if p is not None) + sum(
-                int(p2["rerouted"]) for e in edges[:-1] if (p2 := e.pool()) is not None
-            )
+            pools = await asyncio.gather(*(asyncio.to_thread(e.pool) for e in edges))
+            self.result.rerouted = sum(int(p["rerouted"]) for p in pools if p is not None)
             st = await asyncio.to_thread(servers["A"].status)
             if st is not None:
                 by = st["calls"]["by_outcome"]

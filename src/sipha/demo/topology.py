@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ..config import dump_toml
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``host`` (SIP listens on both)."""
@@ -34,44 +36,6 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue
             return port
     raise RuntimeError(f"no free port on {host}")
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(type(v))
-
-
-def to_toml(cfg: dict[str, Any]) -> str:
-    """The small TOML subset the demo's configs need (tables, arrays of tables)."""
-    out: list[str] = []
-
-    def table(prefix: str, data: dict[str, Any], array: bool = False) -> None:
-        scalars = {k: v for k, v in data.items() if not isinstance(v, dict | list) or (
-            isinstance(v, list) and not (v and isinstance(v[0], dict)))}  # fmt: skip
-        out.append(f"[[{prefix}]]" if array else f"[{prefix}]")
-        out.extend(f"{k} = {toml_value(v)}" for k, v in scalars.items())
-        out.append("")
-        for k, v in data.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}", v)
-            elif isinstance(v, list) and v and isinstance(v[0], dict):
-                for item in v:
-                    table(f"{prefix}.{k}", item, array=True)
-
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            table(key, value)
-        elif isinstance(value, list):
-            for item in value:
-                table(key, item, array=True)
-    return "\n".join(out)
 
 
 class Backend:
@@ -164,7 +128,7 @@ class AppServerNode:
             "server": {"shutdown_grace": 5},
         }
         path = d / "appserver.toml"
-        path.write_text(to_toml(cfg))
+        path.write_text(dump_toml(cfg))
         self.process = Process(name, "appserver", path, d)
 
     @property
@@ -200,7 +164,7 @@ class EdgeNode:
             "server": {"node_name": name, "shutdown_grace": 2},
         }  # fmt: skip
         path = d / "edge.toml"
-        path.write_text(to_toml(cfg))
+        path.write_text(dump_toml(cfg))
         self.process = Process(name, "edge", path, d)
 
     def pools(self) -> dict[str, Any] | None:

@@ -11,30 +11,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..appserver.config import SipSection
 from ..config import Strict
 from ..dns.blacklist import BLACKLIST_SECONDS
 from ..dns.locator import parse_nameserver
-from ..net.address import parse_listen
 from ..sip.timers import TRANSACTION_TIMEOUT_RANGE_MS
 
 Protocol = Literal["udp", "tcp", "tls"]
 
 
-class PhoneSip(Strict):
+class PhoneSip(SipSection):
     # where the phone listens; the first address of each transport goes into Via/Contact
     listen: list[str] = Field(default_factory=lambda: ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"])
     user_agent: str = "sipha-phone"
     tls_ca_file: str | None = None  # CA bundle for TLS connections; None = the system's
     tls_verify: bool = True
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("needs at least one listen address")
-        for item in v:
-            parse_listen(item)
-        return v
 
 
 class Policy(Strict):

@@ -1,8 +1,8 @@
 """The endpoint SDK's entry point: a Phone with several connections (sites).
 
-Everything that leaves the phone goes through :meth:`Phone.send`, which is where the
-penalty blacklist learns about failures and where digest challenges are answered, so that
-registration, calls and keep-alives all follow the same failover rules.
+The class is layered: :class:`~.sending.ProxySender` (the one door every request goes
+out through), :class:`~.session.CallFlows` (calls and the SDK's retry rules), and this
+Phone (connections, events, incoming requests).
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 from ..dns.blacklist import PenaltyBlacklist
 from ..dns.locator import Locator
 from ..sip.auth import DigestClient
-from ..sip.message import Request, Response
 from ..sip.timers import TimerConfig
-from ..sip.transaction import ClientTransaction, Target
-from ..stack import IncomingRequest, SipStack, TransactionTimeoutError, TransportFailure
+from ..sip.transaction import Target
+from ..stack import IncomingRequest, SipStack
 from ..ua import simple_sdp
 from .config import ConnectionConfig, PhoneConfig
 from .events import ConnectionStatus, ConnectionStatusName, Event, SessionEvent, SessionState
@@ -106,10 +105,6 @@ class Phone(CallFlows):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    @property
-    def now(self) -> float:
-        return self.stack.now
 
     # -- connections --------------------------------------------------------------------------
     def add_connection(self, cfg: ConnectionConfig) -> None:
@@ -214,49 +209,6 @@ class Phone(CallFlows):
         self.phone_sessions.pop(session.id, None)
         if session.dialog is not None:
             self.dialogs.pop(session.dialog.id, None)
-
-    # -- sending, with the blacklist and digest -----------------------------------------------
-    def pick(self, targets: Sequence[Target], exclude: Iterable[Target] = ()) -> Target | None:
-        return self.blacklist.select(targets, self.now, exclude)
-
-    async def send(
-        self,
-        conn: Connection | None,
-        build: Callable[[], Request],
-        target: Target,
-        *,
-        on_provisional: Callable[[Response], None] | None = None,
-        on_retransmitted_2xx: Callable[[Response], None] | None = None,
-        on_txn: Callable[[ClientTransaction], None] | None = None,
-        add_via: bool = True,
-    ) -> Response:
-        """One request to one proxy; a 401/407 is answered once with the connection's
-        credentials. Time-outs and transport errors penalise the proxy and propagate."""
-        digest = conn.digest if conn is not None else None
-        req = build()
-        for attempt in (1, 2):
-            txn, future = self.stack.send_request(
-                req,
-                target,
-                on_provisional=on_provisional,
-                on_retransmitted_2xx=on_retransmitted_2xx,
-                add_via=add_via,
-            )
-            if on_txn is not None:
-                on_txn(txn)
-            try:
-                resp = await future
-            except (TransactionTimeoutError, TransportFailure):
-                self.blacklist.fail(target, self.now)
-                raise
-            self.blacklist.succeed(target)
-            if resp.status in (401, 407) and attempt == 1 and digest is not None and add_via:
-                again = build()
-                if digest.authorize(again, resp):
-                    req = again
-                    continue
-            return resp
-        return resp
 
     # -- incoming ---------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:

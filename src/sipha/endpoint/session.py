@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
 from ..dns.locator import LocateError
@@ -27,11 +27,10 @@ from ..sip.uri import URI, SipURI, parse_uri
 from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure
 from .events import SessionState
 from .registration import Connection, describe_failure
+from .sending import ProxySender
 
 if TYPE_CHECKING:
-    from ..dns.blacklist import PenaltyBlacklist
     from ..dns.locator import Locator
-    from ..stack import SipStack
     from .config import PhoneConfig
 
 log = logging.getLogger("sipha.endpoint")
@@ -152,7 +151,7 @@ class Session:
         self.set_state("disconnected", f"rejected {status}")
 
 
-class CallFlows:
+class CallFlows(ProxySender):
     """The Phone's call side (a mixin: it needs the Phone's stack, locator and blacklist)."""
 
     ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
@@ -160,39 +159,21 @@ class CallFlows:
     # what these flows use of the Phone (declared here so the mixin type-checks alone)
     phone_sessions: dict[str, Session]
     dialogs: dict[tuple[str, str, str], Session]
-    stack: SipStack
     locator: Locator
-    blacklist: PenaltyBlacklist
     config: PhoneConfig
     auto_answer: bool
     _tasks: set[asyncio.Future[object]]
 
     if TYPE_CHECKING:
 
-        @property
-        def now(self) -> float: ...
-        def pick(
-            self, targets: Sequence[Target], exclude: Iterable[Target] = ()
-        ) -> Target | None: ...
-        def emit_session(
-            self, session: Session, state: SessionState, reason: str | None
-        ) -> None: ...
-        def forget(self, session: Session) -> None: ...
         def connection_objects(self) -> list[Connection]: ...
         def connection_object(self, connection_id: int | None) -> Connection | None: ...
         def connection_for_source(self, source: Target) -> Connection | None: ...
         def offer(self) -> bytes: ...
-        async def send(
-            self,
-            conn: Connection | None,
-            build: Callable[[], Request],
-            target: Target,
-            *,
-            on_provisional: Callable[[Response], None] | None = None,
-            on_retransmitted_2xx: Callable[[Response], None] | None = None,
-            on_txn: Callable[[ClientTransaction], None] | None = None,
-            add_via: bool = True,
-        ) -> Response: ...
+        def emit_session(
+            self, session: Session, state: SessionState, reason: str | None
+        ) -> None: ...
+        def forget(self, session: Session) -> None: ...
 
     def spawn(self, coro: Coroutine[object, object, object]) -> None:
         """Run in the background, keeping a reference until done (asyncio holds weak ones)."""
