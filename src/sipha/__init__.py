@@ -4,4 +4,4 @@ The protocol core lives in :mod:`sipha.sip` (sans-I/O), the asyncio transports i
 :mod:`sipha.net`, and the engine that binds them in :mod:`sipha.stack`.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"

@@ -86,7 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "phone",
         help="run the endpoint SDK: register on every connection, print events as JSON lines",
         description="Register every [[connection]] of the phone TOML at once and print one "
-        "JSON object per event on stdout (connection_status, session). With --call, place "
+        "JSON object per event on stdout (connection_status, session, subscription, notify). "
+        "With --call, place "
         "one call and exit 0 if it was answered, 1 if not; without it, wait for calls until "
         "SIGTERM/SIGINT. Logs go to stderr (-v for more).",
     )
@@ -104,6 +105,12 @@ def _build_parser() -> argparse.ArgumentParser:
     phone.add_argument(
         "--hold-after", type=_positive_float, metavar="S",
         help="with --call: hold after S seconds, retrieve a moment later",
+    )  # fmt: skip
+    phone.add_argument(
+        "--subscribe", nargs=2, action="append", metavar=("EVENT", "URI"), default=[],
+        help="subscribe to an event package of a URI (e.g. presence sip:1002@example.test) "
+        "and print its NOTIFYs; refreshed by the same rule as REGISTER (reg_interval); "
+        "may be repeated",
     )  # fmt: skip
 
     ctl = sub.add_parser(
@@ -185,6 +192,7 @@ def _phone(args: argparse.Namespace) -> int:
             run_phone(
                 args.config, call=args.call, connection=args.connection,
                 auto_answer=args.auto_answer, duration=args.duration, hold_after=args.hold_after,
+                subscribe=[(e, u) for e, u in args.subscribe],
             )
         )  # fmt: skip
     except (ConfigError, ValueError) as exc:

@@ -155,6 +155,9 @@ def dump_toml(data: dict[str, Any]) -> str:
     for the demo and the tests that generate configs; tomllib only reads."""
 
     def scalar(v: Any) -> str:
+        if v is None:
+            # leaving the key out would bring back the model's default, not "none"
+            raise ValueError("TOML has no null: leave the key out or give a value")
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):

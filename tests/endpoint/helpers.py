@@ -121,11 +121,18 @@ async def node_process(cmd: list[str], log: Path, host: str, port: int) -> Async
 
 @contextlib.asynccontextmanager
 async def edge_node(
-    tmp_path: Path, host: str, port: int, redis_url: str, users: Path | None = None
+    tmp_path: Path,
+    host: str,
+    port: int,
+    redis_url: str,
+    users: Path | None = None,
+    pools: list[dict[str, Any]] | None = None,
 ) -> AsyncIterator[Node]:
     """``sipha edge`` on host:port (UDP and TCP), registrar for edge.test in Redis,
-    record-routing with the shared name edge.test so any node takes a call's requests."""
+    record-routing with the shared name edge.test so any node takes a call's requests;
+    ``pools`` ([[pool]] tables) put servers behind it."""
     cfg: dict[str, Any] = {
+        "pool": pools or [],
         "sip": {
             "listen": [f"udp:{host}:{port}", f"tcp:{host}:{port}"],
             "record_route_host": REALM,

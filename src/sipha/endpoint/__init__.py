@@ -2,19 +2,23 @@
 retry rules (see README, "Endpoint SDK")."""
 
 from .config import ConnectionConfig, PhoneConfig, Policy
-from .events import ConnectionStatus, Event, SessionEvent
+from .events import ConnectionStatus, Event, NotifyEvent, SessionEvent, SubscriptionEvent
 from .phone import Phone
 from .registration import ConnectionView
 from .session import Session
+from .subscription import Subscription
 
 __all__ = [
     "ConnectionConfig",
     "ConnectionStatus",
     "ConnectionView",
     "Event",
+    "NotifyEvent",
     "Phone",
     "PhoneConfig",
     "Policy",
     "Session",
     "SessionEvent",
+    "Subscription",
+    "SubscriptionEvent",
 ]

@@ -2,7 +2,8 @@
 
 Scripted use (tests, smoke checks): ``--call`` places one call and the exit status says
 how it went (0 answered, 1 not); without it the phone registers and waits for calls
-until SIGTERM/SIGINT, answering them with ``--auto-answer``.
+until SIGTERM/SIGINT, answering them with ``--auto-answer``. ``--subscribe EVENT URI``
+keeps a subscription and prints its NOTIFYs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ async def run_phone(
     auto_answer: bool = False,
     duration: float | None = None,
     hold_after: float | None = None,
+    subscribe: list[tuple[str, str]] | None = None,
 ) -> int:
     config = load_config(Path(config_path), PhoneConfig)
     if connection is not None and connection not in {c.id for c in config.connection}:
@@ -58,6 +60,10 @@ async def run_phone(
     phone.add_listener(on_event)
     await phone.start()
     try:
+        if subscribe:
+            await _wait_registration(phone, connection)
+            for package, uri in subscribe:
+                await phone.subscribe(package, uri, connection)
         if call is None:
             await wait_for_stop_signal()
             return 0

@@ -25,6 +25,7 @@ from .config import ConnectionConfig, PhoneConfig
 from .events import ConnectionStatus, ConnectionStatusName, Event, SessionEvent, SessionState
 from .registration import Connection, ConnectionView
 from .session import CallFlows, Session
+from .subscription import Subscription
 
 log = logging.getLogger("sipha.endpoint")
 
@@ -67,6 +68,7 @@ class Phone(CallFlows):
         self.rng = rng or random.Random()
         self.phone_sessions: dict[str, Session] = {}
         self.dialogs: dict[tuple[str, str, str], Session] = {}
+        self.subscriptions: dict[str, Subscription] = {}
         self._conns: dict[int, Connection] = {}
         self._listeners: list[EventListener] = [on_event] if on_event else []
         self._queues: list[asyncio.Queue[Event]] = []
@@ -94,6 +96,10 @@ class Phone(CallFlows):
                     targets = await self.dialog_targets(session)
                     if targets:
                         self.stack.send_request(req, targets[0])
+        await asyncio.gather(
+            *(s.unsubscribe() for s in list(self.subscriptions.values())),
+            return_exceptions=True,
+        )
         await asyncio.gather(
             *(c.stop("disabled") for c in self._conns.values() if c.enabled),
             return_exceptions=True,
@@ -170,6 +176,33 @@ class Phone(CallFlows):
             while not conn.registered:
                 await asyncio.sleep(0.02)
 
+    # -- subscriptions (RFC 6665) -----------------------------------------------------------
+    async def subscribe(
+        self,
+        package: str,
+        uri: str,
+        connection_id: int | None = None,
+        *,
+        expires: int = 3600,
+        accept: str | None = None,
+    ) -> Subscription:
+        """Subscribe to ``package`` (the Event header: "presence", "dialog", ...) of
+        ``uri`` through a connection (chosen as for ``dial``) and keep it refreshed;
+        returns at once (``await sub.wait_for("active")``). ``expires`` is what is asked
+        for; presence's default is 3600 s (RFC 3856 §6.4)."""
+        if not package or any(c in package for c in " ;,\r\n"):
+            raise ValueError(f"event package {package!r}: one token, e.g. 'presence'")
+        if expires < 1:
+            raise ValueError("expires must be at least 1 s (unsubscribe() ends a subscription)")
+        plan = self.dial_plan(connection_id)
+        if not plan:
+            raise LookupError("no connection to subscribe through")
+        conn = plan[0]
+        sub = Subscription(self, conn, package, self.destination_uri(uri, conn), expires, accept)
+        self.subscriptions[sub.id] = sub
+        sub.start()
+        return sub
+
     # -- events -----------------------------------------------------------------------------
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
@@ -184,7 +217,7 @@ class Phone(CallFlows):
         finally:
             self._queues.remove(queue)
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -196,10 +229,10 @@ class Phone(CallFlows):
     def emit_connection(
         self, connection_id: int, status: ConnectionStatusName, server: str, reason: str
     ) -> None:
-        self._emit(ConnectionStatus(connection_id, status, server, reason))
+        self.emit(ConnectionStatus(connection_id, status, server, reason))
 
     def emit_session(self, session: Session, state: SessionState, reason: str | None) -> None:
-        self._emit(
+        self.emit(
             SessionEvent(
                 session.id, session.call_id, session.connection, state, reason, session.direction
             )
@@ -213,6 +246,11 @@ class Phone(CallFlows):
     # -- incoming ---------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
         req = incoming.request
+        if req.method == "NOTIFY":
+            for sub in self.subscriptions.values():
+                if sub.matches(req):
+                    sub.on_notify(incoming)
+                    return
         if req.to.tag:
             self.in_dialog(incoming)
         elif req.method == "INVITE":

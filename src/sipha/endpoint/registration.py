@@ -148,7 +148,6 @@ class Connection:
 
     # -- the registration loop -------------------------------------------------------------
     async def _loop(self) -> None:
-        policy = self.phone.config.policy
         avoid: Target | None = None
         while self.enabled:
             self.wake.clear()
@@ -174,26 +173,33 @@ class Connection:
             self.failures += 1
             self._stop_keepalive()
             self.set_status("unavailable", reason)
-            interval = self.cfg.reg_interval
-            if interval == 0:
+            delay = self.retry_delay(self.failures)
+            if delay is None:
                 # SDK: no re-send after a failure; only a broken TCP flow (below) restarts
                 if not await self._sleep(None):
                     return
             else:
-                all_failed = not any(c.registered for c in self.phone.connection_objects())
-                delay = backoff(
-                    self.failures,
-                    all_failed=all_failed,
-                    max_time=policy.max_retry,
-                    rng=self.phone.rng,
-                )
-                if interval is not None:
-                    delay = min(delay, float(interval))
                 log.info("connection %d: next REGISTER in %.1f s", self.id, delay)
                 await self._sleep(delay)
             if self.broken is not None:
                 avoid = self.broken[0]
                 self.broken = None
+
+    def retry_delay(self, failures: int) -> float | None:
+        """How long a failed REGISTER or SUBSCRIBE waits before it is sent again, on
+        another proxy: the RFC 5626 §4.5 back-off, capped by ``reg_interval`` when set;
+        None when ``reg_interval = 0`` (the SDK's "do not re-send after a failure")."""
+        interval = self.cfg.reg_interval
+        if interval == 0:
+            return None
+        all_failed = not any(c.registered for c in self.phone.connection_objects())
+        delay = backoff(
+            failures,
+            all_failed=all_failed,
+            max_time=self.phone.config.policy.max_retry,
+            rng=self.phone.rng,
+        )
+        return delay if interval is None else min(delay, float(interval))
 
     async def _sleep(self, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: forever); True when a broken flow woke us."""

@@ -364,13 +364,15 @@ class CallFlows(ProxySender):
 
     # -- in-dialog: hold, retrieve, BYE, CANCEL ------------------------------------------
     async def dialog_targets(self, session: Session) -> list[Target]:
+        return await self.route_targets(session.dialog, self.connection_object(session.connection))
+
+    async def route_targets(self, dialog: Dialog | None, conn: Connection | None) -> list[Target]:
         """Where an in-dialog request may go: the route set's first hop (a name there is
         several proxies), then the connection's other proxies."""
         out: list[Target] = []
-        conn = self.connection_object(session.connection)
         transport = conn.cfg.protocol if conn is not None else None
-        if session.dialog is not None:
-            d = session.dialog
+        if dialog is not None:
+            d = dialog
             uri = d.route_set[0].uri if d.route_set else d.remote_target
             if isinstance(uri, SipURI):
                 try:
