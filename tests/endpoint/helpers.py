@@ -152,12 +152,16 @@ async def edge_node(
 
 
 @contextlib.asynccontextmanager
-async def kamailio_site(tmp_path: Path, host: str, port: int) -> AsyncIterator[Node]:
+async def kamailio_site(
+    tmp_path: Path, host: str, port: int, debug: int = 2
+) -> AsyncIterator[Node]:
+    """Kamailio as a registrar on host:port; ``debug=3`` logs every packet it reads."""
     if KAMAILIO is None:
         pytest.skip("kamailio not installed")
     cfg = tmp_path / f"kamailio-{host}.cfg"
     cfg.write_text(
         TEMPLATE.read_text()
+        .replace("debug=2", f"debug={debug}")
         .replace("@HOST@", host)
         .replace("@PORT@", str(port))
         .replace("@PASSWORD@", PASSWORD)
