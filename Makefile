@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/parse.py
 	$(PY) bench/transactions.py
+	$(PY) bench/edge.py
+	$(PY) bench/failover.py --svg docs/failover-chart.svg
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache

@@ -8,7 +8,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-COLOURS = {"A": "#1f77b4", "B": "#ff7f0e"}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,15 @@ def chart_svg(
                    'stroke="#c00" stroke-dasharray="4 3"/>')  # fmt: skip
         out.append(f'<text x="{mx + 3:.1f}" y="{top + 12 + 12 * (i % 4)}" fill="#c00">'
                    f"{html.escape(m.label)}</text>")  # fmt: skip
+    # the legend, right-aligned on the title line; ~6.5 px per character at 11 px
+    lx = left + w - sum(24 + 6.5 * len(name) for name in series)
     for j, (name, values) in enumerate(series.items()):
         pts = " ".join(f"{x(i + 0.5):.1f},{y(v):.1f}" for i, v in enumerate(values))
-        colour = COLOURS.get(name, "#2ca02c")
+        colour = PALETTE[j % len(PALETTE)]
         out.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        lx = left + w - 150 + 75 * j
-        out.append(f'<rect x="{lx}" y="{top - 22}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{lx + 14}" y="{top - 13}">server {html.escape(name)}</text>')
+        out.append(f'<rect x="{lx:.1f}" y="{top - 22}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14:.1f}" y="{top - 13}">{html.escape(name)}</text>')
+        lx += 24 + 6.5 * len(name)
     out.append("</svg>")
     return "\n".join(out)
 

@@ -31,7 +31,7 @@ from rich.table import Table
 from ..endpoint import Phone, PhoneConfig, Session
 from ..sip.uri import SipURI
 from .report import Marker, chart_svg, html_report, per_second
-from .topology import AppServerNode, Backend, EdgeNode, free_port
+from .topology import AppServerNode, Backend, Edge, EdgeFactory, EdgeNode, free_port
 
 SCENARIOS = ("backend", "crash", "edge-failover")
 # probe settings shared by the appservers' health checks and the edge's OPTIONS probing;
@@ -77,6 +77,7 @@ class Demo:
     def __init__(
         self, *, seconds: float, cps: float, duration: float, scenario: str, report: Path,
         console: Console | None = None, workdir: Path | None = None,
+        edge_factory: EdgeFactory = EdgeNode, edge_probe: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
@@ -86,6 +87,8 @@ class Demo:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="sipha-demo-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
         self.result = Result(scenario)
+        self.edge_factory = edge_factory
+        self.edge_probe = edge_probe or EDGE_PROBE
         self.t0 = 0.0
         self._live: Live | None = None
 
@@ -106,12 +109,14 @@ class Demo:
         for b in backends.values():
             await b.start()
         servers = {n: AppServerNode(n, self.workdir, backends[n], HEALTH) for n in ("A", "B")}
-        edges: list[EdgeNode] = []
+        edges: list[Edge] = []
         port = free_port("127.0.0.2") if self.scenario == "edge-failover" else free_port()
         hosts = ["127.0.0.2", "127.0.0.3"] if self.scenario == "edge-failover" else ["127.0.0.1"]
         dests = [servers["A"].sip_port, servers["B"].sip_port]
         for i, host in enumerate(hosts):
-            edges.append(EdgeNode(f"edge{i + 1}", self.workdir, host, port, dests, EDGE_PROBE))
+            edges.append(
+                self.edge_factory(f"edge{i + 1}", self.workdir, host, port, dests, self.edge_probe)
+            )
         try:
             await asyncio.gather(
                 *(s.start() for s in servers.values()), *(e.start() for e in edges)
@@ -150,7 +155,7 @@ class Demo:
                             "expires": 300}],
         })  # fmt: skip
 
-    async def _wait_edge_ready(self, edges: list[EdgeNode]) -> None:
+    async def _wait_edge_ready(self, edges: list[Edge]) -> None:
         """Both destinations answered a probe on every edge node."""
         deadline = time.monotonic() + 20
         while True:
@@ -167,7 +172,7 @@ class Demo:
 
     async def _drive(
         self, phone: Phone, servers: dict[str, AppServerNode], backends: dict[str, Backend],
-        edges: list[EdgeNode],
+        edges: list[Edge],
     ) -> None:  # fmt: skip
         ports = {s.sip_port: name for name, s in servers.items()}
         total = max(1, round(self.seconds * self.cps))
@@ -226,7 +231,7 @@ class Demo:
 
     async def _failure_plan(
         self, servers: dict[str, AppServerNode], backends: dict[str, Backend],
-        edges: list[EdgeNode],
+        edges: list[Edge],
     ) -> None:  # fmt: skip
         await asyncio.sleep(max(0.0, self.seconds / 3 - self.now()))
         self.result.on_a_at_failure = [
@@ -253,7 +258,7 @@ class Demo:
             edges[0].process.signal(signal.SIGCONT)
             self.event(f"edge node {edges[0].host} thawed", "recovery")
 
-    async def _monitor(self, servers: dict[str, AppServerNode], edges: list[EdgeNode]) -> None:
+    async def _monitor(self, servers: dict[str, AppServerNode], edges: list[Edge]) -> None:
         """Watch A's maintenance flag and the edge's view of A; report each change."""
         maint: bool | None = None
         state: str | None = None
@@ -343,8 +348,9 @@ class Demo:
             self.console.print(f"[red]call {c.n} ({c.session.call_id}): {c.outcome}")
 
         seconds = int(self.seconds + self.duration + 2)
-        series = {s: per_second([c.answered for c in r.calls if c.server == s and c.answered
-                                 is not None], seconds) for s in ("A", "B")}  # fmt: skip
+        series = {f"server {s}": per_second([c.answered for c in r.calls if c.server == s
+                                             and c.answered is not None], seconds)
+                  for s in ("A", "B")}  # fmt: skip
         labels = {"failure": "failure", "maintenance": "A maintenance", "edge_out": "edge: A out",
                   "recovery": "recovery", "edge_in": "edge: A back"}  # fmt: skip
         markers = [Marker(t, labels[k]) for k, t in r.marks.items() if k in labels]

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import dump_toml
 
@@ -59,17 +60,23 @@ class Backend:
 
 
 class Process:
-    """A sipha role in its own process group, with its log in the work directory."""
+    """A program in its own process group (so SIGSTOP/SIGKILL hit exactly it), with its
+    log in the work directory."""
 
-    def __init__(self, name: str, role: str, config: Path, workdir: Path) -> None:
-        self.name, self.role, self.config, self.workdir = name, role, config, workdir
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name, self.argv, self.workdir = name, argv, workdir
+        self.log = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def sipha(cls, name: str, role: str, config: Path, workdir: Path) -> Process:
+        return cls(name, [sys.executable, "-m", "sipha", "-v", role, "-c", str(config)], workdir)
+
     def start(self) -> None:
-        log = (self.workdir / f"{self.name}.log").open("ab")
+        log = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sipha", "-v", self.role, "-c", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir,
+            self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.workdir,
         )  # fmt: skip
         log.close()
 
@@ -129,7 +136,7 @@ class AppServerNode:
         }
         path = d / "appserver.toml"
         path.write_text(dump_toml(cfg))
-        self.process = Process(name, "appserver", path, d)
+        self.process = Process.sipha(name, "appserver", path, d)
 
     @property
     def status_url(self) -> str:
@@ -141,6 +148,23 @@ class AppServerNode:
     async def start(self) -> None:
         self.process.start()
         await wait_for(lambda: self.status() is not None, f"appserver {self.name}")
+
+
+class Edge(Protocol):
+    """What the demo needs of an edge node: ``EdgeNode`` here, a Kamailio dispatcher in
+    bench/failover.py. ``pool()`` has ``rerouted`` and ``destinations`` (each with
+    ``state`` and ``last_probe_code``) as in ``sipha edge``'s admin /status."""
+
+    host: str
+    process: Process
+
+    async def start(self) -> None: ...
+    def pool(self) -> dict[str, Any] | None: ...
+    def dest_state(self, index: int) -> str | None: ...
+
+
+# (name, workdir, host, port, destination ports, probe settings) -> an edge node
+EdgeFactory = Callable[[str, Path, str, int, list[int], dict[str, Any]], Edge]
 
 
 class EdgeNode:
@@ -165,7 +189,7 @@ class EdgeNode:
         }  # fmt: skip
         path = d / "edge.toml"
         path.write_text(dump_toml(cfg))
-        self.process = Process(name, "edge", path, d)
+        self.process = Process.sipha(name, "edge", path, d)
 
     def pools(self) -> dict[str, Any] | None:
         return get_json(f"http://127.0.0.1:{self.admin_port}/status")
