@@ -25,6 +25,8 @@ def users_file(tmp_path: Path) -> str:
             f'ha1_md5 = "{ha1("MD5", name, REALM, pw)}"',
             f'ha1_sha256 = "{ha1("SHA-256", name, REALM, pw)}"',
         ]
+    # carol's entry predates SHA-256: an MD5 HA1 only
+    lines += ["[[user]]", 'name = "carol"', f'ha1_md5 = "{ha1("MD5", "carol", REALM, "pw")}"']
     (tmp_path / "users.toml").write_text("\n".join(lines) + "\n")
     return "users.toml"
 
@@ -112,6 +114,30 @@ async def test_register_digest_sha256_wrong_password_stale_and_replay(tmp_path: 
                 Target("udp", "127.0.0.1", edge.stack.local().port),
             )
             assert resp.status == code
+
+
+async def test_user_with_only_an_md5_ha1_is_offered_md5_only(tmp_path: Path) -> None:
+    # RFC 8760 §2.4: the client answers the first challenge it supports; offering SHA-256
+    # to a user whose entry has no SHA-256 HA1 would fail a correct password
+    reg_cfg = {"domains": [REALM], "users_file": users_file(tmp_path)}
+    async with (
+        running_edge(tmp_path, registrar=reg_cfg) as edge,
+        SipStack(["udp:127.0.0.1:0"]) as stack,
+    ):
+        ua = Registering(stack, edge.stack.local().port, user="carol")
+        first = await ua.send(ua.request())
+        offered = [parse_challenge(v)[1]["algorithm"]
+                   for v in first.headers.get_all("WWW-Authenticate")]  # fmt: skip
+        assert (first.status, offered) == (401, ["MD5"])
+        req = ua.request()
+        assert DigestClient("carol", "pw").authorize(req, first)
+        assert (await ua.send(req)).status == 200
+        # a name the users file does not have still gets the full offer
+        nobody = Registering(stack, edge.stack.local().port, user="nobody")
+        resp = await nobody.send(nobody.request())
+        offered = [parse_challenge(v)[1]["algorithm"]
+                   for v in resp.headers.get_all("WWW-Authenticate")]  # fmt: skip
+        assert offered == ["SHA-256", "MD5"]
 
 
 async def test_register_rules_423_star_and_unknown_users(tmp_path: Path) -> None:

@@ -59,10 +59,23 @@ class Registrar:
             return None
         return u.ha1_sha256 if algorithm == "SHA-256" else u.ha1_md5
 
+    def _algorithms_for(self, request: Request) -> tuple[str, ...] | None:
+        """The algorithms the To user has an HA1 for. RFC 8760 §2.4: a client answers the
+        first challenge it supports, so offering SHA-256 to a user with only an MD5 HA1
+        would fail a correct password. An unknown user gets the full offer (no hint that
+        the name does not exist)."""
+        uri = request.to.uri
+        user = (self.users or {}).get(uri.user or "") if isinstance(uri, SipURI) else None
+        if user is None:
+            return None
+        have = {"MD5": user.ha1_md5, "SHA-256": user.ha1_sha256}
+        return tuple(a for a, h in have.items() if h) or None
+
     def challenge(self, incoming: IncomingRequest, now: float, stale: bool = False) -> None:
         assert self.auth is not None
-        headers = [("WWW-Authenticate", v) for v in self.auth.challenge(now, stale=stale)]
-        incoming.respond(401, headers=headers)
+        offer = self._algorithms_for(incoming.request)
+        values = self.auth.challenge(now, stale=stale, algorithms=offer)
+        incoming.respond(401, headers=[("WWW-Authenticate", v) for v in values])
 
     def authenticate(self, incoming: IncomingRequest) -> str | None:
         """The authenticated user name, or None after answering 401/403."""

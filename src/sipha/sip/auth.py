@@ -203,11 +203,15 @@ class DigestServer:
             return None
         return float(struct.unpack(">d", stamp[:8])[0])
 
-    def challenge(self, now: float, *, stale: bool = False) -> list[str]:
-        """Header values for WWW-Authenticate / Proxy-Authenticate, strongest first."""
+    def challenge(
+        self, now: float, *, stale: bool = False, algorithms: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """Header values for WWW-Authenticate / Proxy-Authenticate, strongest first;
+        ``algorithms`` narrows the offer (e.g. to those a user has an HA1 for)."""
         nonce = self.make_nonce(now)
         out = []
-        for algorithm in self.algorithms:
+        offer = self.algorithms if algorithms is None else algorithms
+        for algorithm in (a for a in self.algorithms if a in offer):
             value = (
                 f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"'
             )
