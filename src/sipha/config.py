@@ -35,6 +35,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def require_unique(values: list[Any], what: str) -> None:
+    """For list validators: ``what`` must be unique; the error names the repeated one."""
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{what} must be unique: {v!r} appears more than once")
+        seen.add(v)
+
+
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from ..config import Strict
+from ..config import Strict, require_unique
 from ..net.address import parse_listen
 
 
@@ -156,7 +156,5 @@ class AppServerConfig(Strict):
     @field_validator("health")
     @classmethod
     def _unique(cls, v: list[HealthProbe]) -> list[HealthProbe]:
-        names = [p.name for p in v]
-        if len(set(names)) != len(names):
-            raise ValueError("health probe names must be unique")
+        require_unique([p.name for p in v], "health probe names")
         return v

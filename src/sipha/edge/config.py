@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..appserver.config import AdminSection, SipSection
-from ..config import Strict
+from ..config import Strict, require_unique
 from ..sip.errors import ParseError
 from ..sip.uri import SipURI, parse_uri
 
@@ -137,7 +137,5 @@ class EdgeConfig(Strict):
     @field_validator("pool")
     @classmethod
     def _unique(cls, v: list[Pool]) -> list[Pool]:
-        names = [p.name for p in v]
-        if len(set(names)) != len(names):
-            raise ValueError("pool names must be unique")
+        require_unique([p.name for p in v], "pool names")
         return v

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..appserver.config import SipSection
-from ..config import Strict
+from ..config import Strict, require_unique
 from ..dns.blacklist import BLACKLIST_SECONDS
 from ..dns.locator import parse_nameserver
 from ..sip.timers import TRANSACTION_TIMEOUT_RANGE_MS
@@ -120,7 +120,5 @@ class PhoneConfig(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> PhoneConfig:
-        ids = [c.id for c in self.connection]
-        if len(set(ids)) != len(ids):
-            raise ValueError("connection ids must be unique")
+        require_unique([c.id for c in self.connection], "connection ids")
         return self
