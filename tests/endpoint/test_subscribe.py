@@ -59,13 +59,42 @@ REPLY_200 = """
 """
 
 
-def notifier(expires: int, state: str | None = None) -> str:
+def notify(cseq: int, state: str, event: str = "presence") -> str:
+    """A NOTIFY in the subscription's dialog (SIPp keeps the SUBSCRIBE's Record-Route)."""
+    return f"""
+  <send><![CDATA[
+      NOTIFY [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [routes]
+      From: <sip:presence@{REALM}>;tag=[pid]SIPpTag01[call_number]
+      To: [$subscriber]
+      [last_Call-ID:]
+      CSeq: {cseq} NOTIFY
+      Contact: <sip:notifier@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Event: {event}
+      Subscription-State: {state}
+      Content-Type: text/plain
+      Content-Length: [len]
+
+      open
+  ]]></send>
+"""
+
+
+def notifier(expires: int, state: str | None = None, wrong_event: bool = False) -> str:
     """A presence notifier: SUBSCRIBE -> 200 (Expires) -> NOTIFY (``state``, by default
     active) -> each refresh 200 (Expires); the edge's OPTIONS probes are answered in a
-    branch of their own."""
+    branch of their own. ``wrong_event``: then a NOTIFY for another event package, which
+    must be refused with 489 (RFC 6665 §4.1.3)."""
     state = state or f"active;expires={expires}"
     grant = f"Expires: {expires}\n      "
     first = REPLY_200.format(extra="[last_Record-Route:]\n      " + grant)
+    flow = f"""{first}{notify(1, state)}
+  <recv response="200"/>"""
+    if wrong_event:
+        flow += f"""{notify(2, state, event="dialog")}
+  <recv response="489"/>"""
     # unrolled, not a loop: SIPp matches a request against the next <recv> in sequence,
     # so a SUBSCRIBE arriving before a <nop next=...> jump ran would be "unexpected"
     refreshes = "".join(
@@ -79,25 +108,7 @@ def notifier(expires: int, state: str | None = None) -> str:
       <ereg regexp="&lt;.*" search_in="hdr" header="From:" assign_to="subscriber"/>
     </action>
   </recv>
-  {first}
-  <send retrans="500"><![CDATA[
-      NOTIFY [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [routes]
-      From: <sip:presence@{REALM}>;tag=[pid]SIPpTag01[call_number]
-      To: [$subscriber]
-      [last_Call-ID:]
-      CSeq: 1 NOTIFY
-      Contact: <sip:notifier@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Event: presence
-      Subscription-State: {state}
-      Content-Type: text/plain
-      Content-Length: [len]
-
-      open
-  ]]></send>
-  <recv response="200"/>
+  {flow}
   {refreshes}
   <nop next="end"/>
   <label id="options"/>
@@ -128,11 +139,12 @@ async def rig(
     reg_interval: int,
     expires: int = SHORT,
     state: str | None = None,
+    wrong_event: bool = False,
 ) -> AsyncIterator[Rig]:
     port = free_port_on(A, B)
     notifier_port = free_port()
     scenario = tmp_path / "notifier.xml"
-    scenario.write_text(notifier(expires, state))
+    scenario.write_text(notifier(expires, state, wrong_event))
     pool = {
         "name": "presence",
         "match": "^sip:presence@",
@@ -287,6 +299,18 @@ async def test_deactivated_subscribes_again_at_once_but_at_most_once_a_second(
                  and e.reason == "terminated (deactivated): subscribing again"]  # fmt: skip
         assert len(again) >= 1 and sub.state in ("pending", "active")
         assert len({n.ts for n in sub.notifies}) >= 3
+
+
+async def test_notify_for_another_event_package_gets_489(tmp_path: Path, redis_url: str) -> None:
+    async with rig(tmp_path, redis_url, reg_interval=1, wrong_event=True) as r:
+        sub = await subscribed(r)
+        # the notifier's NOTIFY for "dialog" in this presence subscription: refused, unseen
+        sent = await _attempts(sub, 2, SHORT + 2)  # the refresh comes after it
+        assert (sent[1].in_dialog, sent[1].outcome) == (True, "200 OK")
+        log = (tmp_path / "notifier.log").read_text()
+        assert "SIP/2.0 489 Bad Event" in log and "CSeq: 2 NOTIFY" in log
+        assert [n.subscription_state for n in sub.notifies] == [f"active;expires={SHORT}"]
+        assert sub.state == "active"
 
 
 async def test_phone_cli_subscribes_and_prints_notify(tmp_path: Path, redis_url: str) -> None:
