@@ -90,6 +90,15 @@ async def test_phone_cli_bad_config_exits_2_with_one_line(tmp_path: Path) -> Non
         f"sipha phone: {bad}: policy.sip_transaction_timeout: must be 1..32000 ms "
         "(the RFC 3261 Timer B/F is 32000), got 40000"
     ]
+    # a bad --subscribe is refused before the phone starts (no registration wait)
+    good = tmp_path / "good.toml"
+    good.write_text('[[connection]]\nid = 0\nuser = "1001"\nserver = "127.0.0.1:9"\n')
+    proc = await sipha("phone", "-c", str(good), "--subscribe", "pres;ence", "sip:x@y")
+    _, err = await asyncio.wait_for(proc.communicate(), 5)
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines() == [
+        "sipha phone: event package 'pres;ence': one token, e.g. 'presence'"
+    ]
 
 
 SDK_CONFIG = """<?xml version="1.0" encoding="utf-8"?>

@@ -19,6 +19,7 @@ from .config import PhoneConfig
 from .events import Event, SessionEvent
 from .phone import Phone
 from .session import Session
+from .subscription import check_subscription
 
 REGISTER_WAIT = 10.0  # s a scripted --call waits for a registration before dialling anyway
 
@@ -41,6 +42,8 @@ async def run_phone(
     config = load_config(Path(config_path), PhoneConfig)
     if connection is not None and connection not in {c.id for c in config.connection}:
         raise ValueError(f"--connection {connection}: no such connection in {config_path}")
+    for package, _ in subscribe or []:
+        check_subscription(package, 3600)  # a bad --subscribe fails before anything starts
     phone = Phone(config, on_event=_print, auto_answer=auto_answer)
     timers: set[asyncio.Task[None]] = set()
 

@@ -25,7 +25,7 @@ from .config import ConnectionConfig, PhoneConfig
 from .events import ConnectionStatus, ConnectionStatusName, Event, SessionEvent, SessionState
 from .registration import Connection, ConnectionView
 from .session import CallFlows, Session
-from .subscription import Subscription
+from .subscription import Subscription, check_subscription
 
 log = logging.getLogger("sipha.endpoint")
 
@@ -190,10 +190,7 @@ class Phone(CallFlows):
         ``uri`` through a connection (chosen as for ``dial``) and keep it refreshed;
         returns at once (``await sub.wait_for("active")``). ``expires`` is what is asked
         for; presence's default is 3600 s (RFC 3856 §6.4)."""
-        if not package or any(c in package for c in " ;,\r\n"):
-            raise ValueError(f"event package {package!r}: one token, e.g. 'presence'")
-        if expires < 1:
-            raise ValueError("expires must be at least 1 s (unsubscribe() ends a subscription)")
+        check_subscription(package, expires)
         plan = self.dial_plan(connection_id)
         if not plan:
             raise LookupError("no connection to subscribe through")

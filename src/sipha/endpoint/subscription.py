@@ -44,6 +44,14 @@ RESUBSCRIBE_NOW = frozenset({"deactivated", "timeout"})
 RESUBSCRIBE_LATER = frozenset({"probation", "giveup"})  # after retry-after, if given
 
 
+def check_subscription(package: str, expires: int) -> None:
+    """Refuse what would make a bad SUBSCRIBE, before anything is sent."""
+    if not package or any(c in package for c in " ;,\r\n\t"):
+        raise ValueError(f"event package {package!r}: one token, e.g. 'presence'")
+    if expires < 1:
+        raise ValueError("expires must be at least 1 s (unsubscribe() ends a subscription)")
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One SUBSCRIBE as sent: when, to which proxy, and what came of it."""
