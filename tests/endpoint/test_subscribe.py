@@ -82,19 +82,50 @@ def notify(cseq: int, state: str, event: str = "presence") -> str:
 """
 
 
-def notifier(expires: int, state: str | None = None, wrong_event: bool = False) -> str:
+def notifier(
+    expires: int, state: str | None = None, wrong_event: bool = False, early: bool = False
+) -> str:
     """A presence notifier: SUBSCRIBE -> 200 (Expires) -> NOTIFY (``state``, by default
     active) -> each refresh 200 (Expires); the edge's OPTIONS probes are answered in a
     branch of their own. ``wrong_event``: then a NOTIFY for another event package, which
-    must be refused with 489 (RFC 6665 §4.1.3)."""
+    must be refused with 489 (RFC 6665 §4.1.3). ``early``: NOTIFYs (another package, then
+    presence) before the 200 to the SUBSCRIBE (RFC 6665 §4.1.2.4)."""
     state = state or f"active;expires={expires}"
     grant = f"Expires: {expires}\n      "
     first = REPLY_200.format(extra="[last_Record-Route:]\n      " + grant)
     flow = f"""{first}{notify(1, state)}
   <recv response="200"/>"""
+    if early:
+        # both NOTIFYs go out before the 200 to the SUBSCRIBE, which is sent only once
+        # they were answered; SIPp's [last_*] would then be those answers, so the 200 is
+        # built from the SUBSCRIBE's headers kept in variables
+        flow = f"""{notify(1, state, event="dialog")}{notify(2, state)}
+  <recv response="489"/>
+  <recv response="200"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      Via: [$via1]
+      Via: [$via2]
+      From: [$from]
+      To: [$to];tag=[pid]SIPpTag01[call_number]
+      Call-ID: [$callid]
+      CSeq: [$cseq]
+      Record-Route: [$rr]
+      {grant}Contact: <sip:notifier@[local_ip]:[local_port]>
+      Content-Length: 0
+
+  ]]></send>"""
     if wrong_event:
         flow += f"""{notify(2, state, event="dialog")}
   <recv response="489"/>"""
+    keep = ""  # SIPp refuses a scenario with a variable it never uses: only when early
+    if early:
+        keep = "".join(
+            f'\n      <ereg regexp="[^ ].*" search_in="hdr" header="{h}:"{occ} assign_to="{v}"/>'
+            for h, occ, v in (("Via", ' occurrence="1"', "via1"), ("Via", ' occurrence="2"', "via2"),
+                              ("From", "", "from"), ("To", "", "to"), ("Call-ID", "", "callid"),
+                              ("CSeq", "", "cseq"), ("Record-Route", "", "rr"))
+        )  # fmt: skip
     # unrolled, not a loop: SIPp matches a request against the next <recv> in sequence,
     # so a SUBSCRIBE arriving before a <nop next=...> jump ran would be "unexpected"
     refreshes = "".join(
@@ -105,7 +136,7 @@ def notifier(expires: int, state: str | None = None, wrong_event: bool = False) 
   <recv request="OPTIONS" optional="true" next="options"/>
   <recv request="SUBSCRIBE" rrs="true">
     <action>
-      <ereg regexp="&lt;.*" search_in="hdr" header="From:" assign_to="subscriber"/>
+      <ereg regexp="&lt;.*" search_in="hdr" header="From:" assign_to="subscriber"/>{keep}
     </action>
   </recv>
   {flow}
@@ -140,11 +171,12 @@ async def rig(
     expires: int = SHORT,
     state: str | None = None,
     wrong_event: bool = False,
+    early: bool = False,
 ) -> AsyncIterator[Rig]:
     port = free_port_on(A, B)
     notifier_port = free_port()
     scenario = tmp_path / "notifier.xml"
-    scenario.write_text(notifier(expires, state, wrong_event))
+    scenario.write_text(notifier(expires, state, wrong_event, early))
     pool = {
         "name": "presence",
         "match": "^sip:presence@",
@@ -311,6 +343,26 @@ async def test_notify_for_another_event_package_gets_489(tmp_path: Path, redis_u
         assert "SIP/2.0 489 Bad Event" in log and "CSeq: 2 NOTIFY" in log
         assert [n.subscription_state for n in sub.notifies] == [f"active;expires={SHORT}"]
         assert sub.state == "active"
+
+
+async def test_notify_before_the_2xx_creates_the_dialog(tmp_path: Path, redis_url: str) -> None:
+    async with rig(tmp_path, redis_url, reg_interval=1, early=True) as r:
+        sub = await r.phone.subscribe("presence", "presence", expires=60)
+        await sub.wait_for("active", 10)
+        first = next(e for e in r.rec.events if isinstance(e, SubscriptionEvent))
+        # "active" from the NOTIFY's Subscription-State: the notifier sent its 200 only
+        # after our answer to that NOTIFY, so the NOTIFY made the dialog (§4.1.2.4)
+        assert (first.state, first.reason) == ("active", "active")
+        assert [n.subscription_state for n in sub.notifies] == [f"active;expires={SHORT}"]
+        assert (await _attempts(sub, 1, 5))[0].outcome == "200 OK"
+        # the edge record-routed the NOTIFY: the dialog it made goes through the edge
+        assert sub.dialog is not None
+        assert str(sub.dialog.route_set[0].uri).startswith(f"sip:{REALM}")
+        # that dialog (its route set, its CSeq) carries the refresh
+        sent = await _attempts(sub, 2, SHORT + 2)
+        assert (sent[1].in_dialog, sent[1].outcome) == (True, "200 OK")
+        log = (tmp_path / "notifier.log").read_text()
+        assert "SIP/2.0 489 Bad Event" in log  # the NOTIFY for "dialog", before any dialog
 
 
 async def test_phone_cli_subscribes_and_prints_notify(tmp_path: Path, redis_url: str) -> None:

@@ -86,6 +86,7 @@ class ProxyCall:
     on_done: Callable[[ProxyCall], None] | None = None
     on_exhausted: Callable[[], bool] | None = None  # start more branches (next q group)
     watcher: asyncio.Future[None] | None = None
+    record_route: bool = False  # beyond dialog-creating requests (a NOTIFY, see server)
 
 
 class Proxy:
@@ -111,7 +112,12 @@ class Proxy:
         return f"<sip:{hostport};lr{param}>"
 
     def prepare(
-        self, request: Request, ruri: SipURI | None, target: Target, inbound: str
+        self,
+        request: Request,
+        ruri: SipURI | None,
+        target: Target,
+        inbound: str,
+        record_route: bool = False,
     ) -> Request:
         """The request as it leaves: new R-URI, Max-Forwards-1, Record-Route, our Via."""
         fwd = Request(
@@ -124,7 +130,7 @@ class Proxy:
             fwd._uri = request._uri
         mf = request.max_forwards
         fwd.headers.set("Max-Forwards", str(70 if mf is None else mf - 1))
-        if request.method in DIALOG_CREATING and not request.to.tag:
+        if record_route or (request.method in DIALOG_CREATING and not request.to.tag):
             # RFC 5658 double Record-Route when the call switches transports
             if inbound != target.transport:
                 fwd.headers.add_first("Record-Route", self._record_route(inbound))
@@ -189,7 +195,9 @@ class Proxy:
         routes: list[str] | None = None,
     ) -> Branch:
         branch = Branch(target, dest)
-        fwd = self.prepare(pc.request, ruri, target, pc.incoming.source.transport)
+        fwd = self.prepare(
+            pc.request, ruri, target, pc.incoming.source.transport, record_route=pc.record_route
+        )
         for route in reversed(routes or []):  # RFC 3327: a registered Path becomes the Route
             fwd.headers.add_first("Route", route)
         pc.branches.append(branch)

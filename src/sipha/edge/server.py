@@ -140,9 +140,12 @@ class EdgeServer:
             if last is not None:
                 req.uri = parse_address(last, "Route").uri
                 uri = req.uri
-        self._pop_own_routes(req)
+        ours = self._pop_own_routes(req)
         if req.to.tag or req.route:
-            await self._forward_in_dialog(incoming)
+            # a NOTIFY in a subscription we record-routed may be the one that creates the
+            # subscriber's dialog (it can overtake the 2xx, RFC 6665 §4.1.2.4): it carries
+            # our Record-Route so that dialog's route set goes through the edge too
+            await self._forward_in_dialog(incoming, record_route=ours and req.method == "NOTIFY")
             return
         assert isinstance(uri, SipURI)
         if req.method == "REGISTER" and self.registrar.serves(uri.host):
@@ -172,14 +175,18 @@ class EdgeServer:
         log.info("relay denied: %s %s from %s", req.method, ruri_text, incoming.source.host)
         incoming.respond(403, "Relaying Denied")
 
-    def _pop_own_routes(self, req: Request) -> None:
-        """§16.4: Route entries that name this edge are removed before forwarding."""
+    def _pop_own_routes(self, req: Request) -> bool:
+        """§16.4: Route entries that name this edge are removed before forwarding; True
+        when there were any (the request follows a route set we are in)."""
+        popped = False
         while req.route:
             first = req.route[0].uri
             if isinstance(first, SipURI) and self._is_us(first):
                 req.headers.pop_first_value("Route")
+                popped = True
             else:
                 break
+        return popped
 
     # -- dispatcher ----------------------------------------------------------------------
     def _dispatch(self, incoming: IncomingRequest, pool: PoolRuntime) -> None:
@@ -287,12 +294,14 @@ class EdgeServer:
             self.proxy.forward(pc, contact, target, None, routes=b.path)
 
     # -- in-dialog ---------------------------------------------------------------------------
-    async def _forward_in_dialog(self, incoming: IncomingRequest) -> None:
+    async def _forward_in_dialog(
+        self, incoming: IncomingRequest, record_route: bool = False
+    ) -> None:
         req = incoming.request
         if req.method == "BYE":
             self._call_ended(req.call_id)
         target = await self.proxy.next_hop(req)
-        pc = ProxyCall(incoming, req)
+        pc = ProxyCall(incoming, req, record_route=record_route)
         self.proxy.start(pc)
         self.proxy.forward(pc, None, target, None)
 

@@ -354,11 +354,9 @@ class Subscription:
     def _apply(self, state: SubscriptionState) -> None:
         if state.value in ("active", "pending"):
             if state.expires is not None:
-                now = self.loop_time
-                self.valid_until = min(self.valid_until, now + state.expires)
-                self.refresh_at = min(
-                    self.refresh_at, now + max(MIN_REFRESH, state.expires * REFRESH_AT)
-                )
+                # §4.1.2.2: the latest word on the expiry, from a 2xx or a NOTIFY, counts
+                # (a NOTIFY may also come before any 2xx gave one)
+                self._valid_for(state.expires)
                 self._wake.set()
             self.set_state("active" if state.value == "active" else "pending", state.value)
             return
