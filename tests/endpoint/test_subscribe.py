@@ -232,6 +232,12 @@ async def test_subscribe_notify_and_refresh_at_80_percent(tmp_path: Path, redis_
         last = sub.attempts[-1]
         assert (last.in_dialog, last.expires, last.outcome) == (True, 0, "200 OK")
         assert r.phone.subscriptions == {}
+        # a subscription lives on its connection: disabling that ends it (Expires: 0 first)
+        other = await r.phone.subscribe("presence", "presence", 0, expires=60)
+        await r.rec.wait(event="notify", subscription=other.id)  # SIPp's script is in order
+        await r.phone.disable_connection(0)
+        assert (other.state, other.reason) == ("terminated", "connection 0 disabled")
+        assert (other.attempts[-1].expires, other.attempts[-1].outcome) == (0, "200 OK")
 
 
 async def test_failed_refresh_goes_to_the_other_proxy_after_reg_interval(

@@ -127,12 +127,22 @@ class Phone(CallFlows):
         conn.start()
 
     async def disable_connection(self, connection_id: int) -> None:
+        """Unregister and stop; its subscriptions end (they lived on that connection)."""
+        await self._end_subscriptions(connection_id, "disabled")
         await self._get(connection_id).stop("disabled")
 
     async def remove_connection(self, connection_id: int) -> None:
         conn = self._get(connection_id)
+        await self._end_subscriptions(connection_id, "removed")
         await conn.stop("removed")
         del self._conns[connection_id]
+
+    async def _end_subscriptions(self, connection_id: int, what: str) -> None:
+        subs = [s for s in self.subscriptions.values() if s.conn.id == connection_id]
+        await asyncio.gather(
+            *(s.unsubscribe(reason=f"connection {connection_id} {what}") for s in subs),
+            return_exceptions=True,
+        )
 
     @property
     def connections(self) -> tuple[ConnectionView, ...]:

@@ -380,7 +380,7 @@ class Subscription:
         self.set_state("terminated", f"notifier: {reason}")
 
     # -- the end ---------------------------------------------------------------------------
-    async def unsubscribe(self, timeout: float = 2.0) -> None:
+    async def unsubscribe(self, timeout: float = 2.0, reason: str = "by the application") -> None:
         """SUBSCRIBE with Expires: 0 (best effort, ``timeout`` s) and report it ended."""
         self._closing = True
         if self._task is not None:
@@ -403,4 +403,4 @@ class Subscription:
                 if target is not None:
                     outcome = describe_failure(exc) or f"no answer within {timeout:g} s"
                     self._attempt(sent_at, target, True, 0, outcome)
-        self.set_state("terminated", "by the application")
+        self.set_state("terminated", reason)
