@@ -44,9 +44,9 @@ TIMEOUT_MS = 1000
 SHORT = 3  # s the notifier grants: refreshed at 2.4 s, gone before a failed one is retried
 LONG = 15  # refreshed at 12 s; a failed refresh (1 s) retried 1 s later is still in time
 
-REPLY_200 = """
+REPLY = """
   <send><![CDATA[
-      SIP/2.0 200 OK
+      SIP/2.0 {code}
       [last_Via:]
       [last_From:]
       [last_To:];tag=[pid]SIPpTag01[call_number]
@@ -57,6 +57,8 @@ REPLY_200 = """
 
   ]]></send>
 """
+REPLY_200 = REPLY.replace("{code}", "200 OK")
+BUSY_FOR = 2  # s, the Retry-After of a busy notifier
 
 
 def notify(cseq: int, state: str, event: str = "presence") -> str:
@@ -83,13 +85,18 @@ def notify(cseq: int, state: str, event: str = "presence") -> str:
 
 
 def notifier(
-    expires: int, state: str | None = None, wrong_event: bool = False, early: bool = False
+    expires: int,
+    state: str | None = None,
+    wrong_event: bool = False,
+    early: bool = False,
+    busy_first: bool = False,
 ) -> str:
     """A presence notifier: SUBSCRIBE -> 200 (Expires) -> NOTIFY (``state``, by default
     active) -> each refresh 200 (Expires); the edge's OPTIONS probes are answered in a
     branch of their own. ``wrong_event``: then a NOTIFY for another event package, which
     must be refused with 489 (RFC 6665 §4.1.3). ``early``: NOTIFYs (another package, then
-    presence) before the 200 to the SUBSCRIBE (RFC 6665 §4.1.2.4)."""
+    presence) before the 200 to the SUBSCRIBE (RFC 6665 §4.1.2.4). ``busy_first``: the
+    first SUBSCRIBE is answered 503 with Retry-After."""
     state = state or f"active;expires={expires}"
     grant = f"Expires: {expires}\n      "
     first = REPLY_200.format(extra="[last_Record-Route:]\n      " + grant)
@@ -131,9 +138,15 @@ def notifier(
     refreshes = "".join(
         f'<recv request="SUBSCRIBE"/>{REPLY_200.format(extra=grant)}' for _ in range(12)
     )
+    busy = ""
+    if busy_first:  # the first SUBSCRIBE of the call: 503 with Retry-After
+        refuse = REPLY.format(code="503 Service Unavailable",
+                              extra=f"Retry-After: {BUSY_FOR}\n      ")  # fmt: skip
+        busy = f'<recv request="SUBSCRIBE"/>{refuse}'
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="presence notifier">
   <recv request="OPTIONS" optional="true" next="options"/>
+  {busy}
   <recv request="SUBSCRIBE" rrs="true">
     <action>
       <ereg regexp="&lt;.*" search_in="hdr" header="From:" assign_to="subscriber"/>{keep}
@@ -172,11 +185,12 @@ async def rig(
     state: str | None = None,
     wrong_event: bool = False,
     early: bool = False,
+    busy_first: bool = False,
 ) -> AsyncIterator[Rig]:
     port = free_port_on(A, B)
     notifier_port = free_port()
     scenario = tmp_path / "notifier.xml"
-    scenario.write_text(notifier(expires, state, wrong_event, early))
+    scenario.write_text(notifier(expires, state, wrong_event, early, busy_first))
     pool = {
         "name": "presence",
         "match": "^sip:presence@",
@@ -337,6 +351,22 @@ async def test_deactivated_subscribes_again_at_once_but_at_most_once_a_second(
                  and e.reason == "terminated (deactivated): subscribing again"]  # fmt: skip
         assert len(again) >= 1 and sub.state in ("pending", "active")
         assert len({n.ts for n in sub.notifies}) >= 3
+
+
+async def test_busy_notifier_is_asked_again_after_its_retry_after(
+    tmp_path: Path, redis_url: str
+) -> None:
+    async with rig(tmp_path, redis_url, reg_interval=1, busy_first=True) as r:
+        sub = await r.phone.subscribe("presence", "presence", expires=60)
+        busy = await r.rec.wait(event="subscription", subscription=sub.id, state="unavailable")
+        assert isinstance(busy, SubscriptionEvent) and busy.reason == "503 Service Unavailable"
+        await sub.wait_for("active", 10)
+        first, second = sub.attempts[:2]
+        assert first.outcome == "503 Service Unavailable" and second.outcome == "200 OK"
+        assert first.proxy == second.proxy  # the proxy answered: no penalty, no failover
+        waited = second.ts - first.ts
+        # reg_interval (1 s) alone would retry after 1 s; the Retry-After (2 s) wins
+        assert BUSY_FOR - 0.1 <= waited <= BUSY_FOR + 0.6, waited
 
 
 async def test_notify_for_another_event_package_gets_489(tmp_path: Path, redis_url: str) -> None:

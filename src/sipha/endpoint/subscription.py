@@ -42,6 +42,10 @@ MIN_REFRESH = 1.0  # s, so that a tiny Expires cannot make a SUBSCRIBE storm
 # RFC 6665 §4.1.3 / §4.2.2: reasons after which re-subscribing at once makes sense
 RESUBSCRIBE_NOW = frozenset({"deactivated", "timeout"})
 RESUBSCRIBE_LATER = frozenset({"probation", "giveup"})  # after retry-after, if given
+# answers to an initial SUBSCRIBE worth asking again (the notifier or a hop is busy or
+# briefly gone), by the same rule as a time-out; any other error ends the subscription
+TRANSIENT = frozenset({408, 480, 500, 502, 503, 504})
+FINAL = frozenset({403, 404, 405, 489})  # never asked again, refresh or not (§4.1.2.2)
 
 
 def check_subscription(package: str, expires: int) -> None:
@@ -175,15 +179,20 @@ class Subscription:
                 if self._resubscribe_in is not None:
                     await asyncio.sleep(self._resubscribe_in)
                 continue
+            retry_after = 0.0
             if resp is not None:
                 if resp.status == 481 and self.dialog is not None:
                     # §4.1.2.2: the notifier no longer knows the subscription: a new one
                     self._new_dialog()
                     continue
-                if self.dialog is None or resp.status in (403, 404, 405, 489):
+                transient = resp.status in TRANSIENT
+                if (self.dialog is None and not transient) or resp.status in FINAL:
                     self.set_state("terminated", outcome)
                     return
-                # a refresh refused otherwise: still valid until it expires (§4.1.2.2)
+                # a refresh refused otherwise is still valid until it expires (§4.1.2.2);
+                # a busy notifier (503 ...) is asked again, not before its Retry-After
+                value = (resp.headers.get("retry-after") or "").split(";")[0].strip()
+                retry_after = float(value) if value.isdigit() else 0.0
             elif target is not None:
                 avoid = target
             self.failures += 1
@@ -191,6 +200,7 @@ class Subscription:
             if delay is None:
                 self.set_state("terminated", f"{outcome}; not re-sent (reg_interval = 0)")
                 return
+            delay = max(delay, retry_after)
             self.set_state("unavailable", outcome)
             log.info("subscription %s: next SUBSCRIBE in %.1f s", self.id, delay)
             await asyncio.sleep(delay)
