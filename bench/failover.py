@@ -96,19 +96,23 @@ class KamailioEdge:
         except OSError:
             return ""
 
-    def dest_state(self, index: int) -> str | None:
+    def _state(self, log: str, index: int) -> str:
         state = "active"
-        for line in self._log().splitlines():
+        for line in log.splitlines():
             # the event route's R-URI is the destination when a probe changed the state,
             # the call's R-URI (and $du the destination) when a failed INVITE did
             if "DSTATE " in line and f"[{self.uris[index]}]" in line:
                 state = "active" if "DSTATE up" in line else "inactive"
         return state
 
+    def dest_state(self, index: int) -> str | None:
+        return self._state(self._log(), index)
+
     def pool(self) -> dict[str, Any] | None:
-        states = [self.dest_state(i) for i in range(len(self.uris))]
+        log = self._log()  # read once per poll (the demo polls every 50 ms)
+        states = [self._state(log, i) for i in range(len(self.uris))]
         return {
-            "rerouted": self._log().count("REROUTE "),
+            "rerouted": log.count("REROUTE "),
             "destinations": [
                 {"state": s, "last_probe_code": 200 if s == "active" else None} for s in states
             ],

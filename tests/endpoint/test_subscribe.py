@@ -21,6 +21,7 @@ from sipha.sip.transaction import Target
 from sipha.sip.uri import format_hostport
 from tests.appserver.helpers import toml
 from tests.dnsserver import DnsServer
+from tests.edge.scenarios import reply
 from tests.sipp import free_port, needs_sipp, sipp_background
 
 from .helpers import (
@@ -44,20 +45,6 @@ TIMEOUT_MS = 1000
 SHORT = 3  # s the notifier grants: refreshed at 2.4 s, gone before a failed one is retried
 LONG = 15  # refreshed at 12 s; a failed refresh (1 s) retried 1 s later is still in time
 
-REPLY = """
-  <send><![CDATA[
-      SIP/2.0 {code}
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      {extra}Contact: <sip:notifier@[local_ip]:[local_port]>
-      Content-Length: 0
-
-  ]]></send>
-"""
-REPLY_200 = REPLY.replace("{code}", "200 OK")
 BUSY_FOR = 2  # s, the Retry-After of a busy notifier
 
 
@@ -99,7 +86,7 @@ def notifier(
     first SUBSCRIBE is answered 503 with Retry-After."""
     state = state or f"active;expires={expires}"
     grant = f"Expires: {expires}\n      "
-    first = REPLY_200.format(extra="[last_Record-Route:]\n      " + grant)
+    first = reply("200 OK", extra=grant, rrs=True)
     flow = f"""{first}{notify(1, state)}
   <recv response="200"/>"""
     if early:
@@ -136,12 +123,11 @@ def notifier(
     # unrolled, not a loop: SIPp matches a request against the next <recv> in sequence,
     # so a SUBSCRIBE arriving before a <nop next=...> jump ran would be "unexpected"
     refreshes = "".join(
-        f'<recv request="SUBSCRIBE"/>{REPLY_200.format(extra=grant)}' for _ in range(12)
+        f'<recv request="SUBSCRIBE"/>{reply("200 OK", extra=grant)}' for _ in range(12)
     )
     busy = ""
     if busy_first:  # the first SUBSCRIBE of the call: 503 with Retry-After
-        refuse = REPLY.format(code="503 Service Unavailable",
-                              extra=f"Retry-After: {BUSY_FOR}\n      ")  # fmt: skip
+        refuse = reply("503 Service Unavailable", extra=f"Retry-After: {BUSY_FOR}\n      ")
         busy = f'<recv request="SUBSCRIBE"/>{refuse}'
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="presence notifier">
@@ -156,7 +142,7 @@ def notifier(
   {refreshes}
   <nop next="end"/>
   <label id="options"/>
-  {REPLY_200.format(extra="")}
+  {reply("200 OK")}
   <label id="end"/>
   <nop/>
 </scenario>

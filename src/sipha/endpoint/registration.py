@@ -19,7 +19,7 @@ from ..sip.headers import Headers
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request, Response
 from ..sip.transaction import Target
-from ..sip.uri import SipURI, format_hostport
+from ..sip.uri import URI, SipURI, format_hostport
 from ..stack import TransactionTimeoutError, TransportFailure
 from .config import ConnectionConfig
 from .events import ConnectionStatusName
@@ -264,26 +264,45 @@ class Connection:
     def contact_uri(self, transport: str) -> str:
         return str(self.phone.stack.contact_uri(self.cfg.user, transport))
 
+    def new_request(
+        self, method: str, ruri: URI | str, to: str, call_id: str, from_tag: str, cseq: int,
+        *, transport: str | None = None, body: bytes = b"",
+    ) -> Request:  # fmt: skip
+        """A request outside any dialog from this connection's user (RFC 3261 §8.1.1):
+        From (display name, AOR, ``from_tag``), To, Call-ID, CSeq, and our Contact for
+        ``transport`` when one is given. REGISTER, INVITE, SUBSCRIBE, OPTIONS all start here."""
+        h = Headers()
+        h.add("From", f"{self.named_aor};tag={from_tag}")
+        h.add("To", to)
+        h.add("Call-ID", call_id)
+        h.add("CSeq", f"{cseq} {method}")
+        if transport is not None:
+            h.add("Contact", f"<{self.contact_uri(transport)}>")
+        return Request(method, ruri, h, body)
+
+    @property
+    def named_aor(self) -> str:
+        """``"Display Name" <sip:user@domain>`` (no display name: just the bracketed AOR)."""
+        name = f'"{self.cfg.display_name}" ' if self.cfg.display_name else ""
+        return f"{name}<sip:{self.cfg.user}@{self.cfg.aor_domain}>"
+
     def _register_request(self, target: Target, expires: int) -> Request:
         self.cseq += 1
-        domain = self.cfg.aor_domain
-        aor = f"sip:{self.cfg.user}@{domain}"
-        name = f'"{self.cfg.display_name}" ' if self.cfg.display_name else ""
         contact = f"<{self.contact_uri(target.transport)}>"
         policy = self.phone.config.policy
         if policy.outbound:
             contact += f';+sip.instance="<{self.phone.instance_id}>";reg-id={self.id + 1}'
-        h = Headers()
-        h.add("From", f"{name}<{aor}>;tag={new_tag()}")
-        h.add("To", f"{name}<{aor}>")
-        h.add("Call-ID", self.call_id)
-        h.add("CSeq", f"{self.cseq} REGISTER")
+        req = self.new_request(
+            "REGISTER", f"sip:{self.cfg.aor_domain}", self.named_aor, self.call_id, new_tag(),
+            self.cseq,
+        )  # fmt: skip
+        h = req.headers
         h.add("Contact", contact)
         h.add("Expires", str(expires))
         h.add("Allow", self.phone.ALLOW)
         if policy.outbound:
             h.add("Supported", "outbound, path")
-        return Request("REGISTER", f"sip:{domain}", h)
+        return req
 
     def _granted(self, resp: Response) -> int:
         """The expiry the registrar granted our contact (§10.2.4), else what we asked."""
@@ -346,10 +365,5 @@ class Connection:
 
     def _options(self, target: Target) -> Request:
         self.cseq += 1
-        aor = f"sip:{self.cfg.user}@{self.cfg.aor_domain}"
-        h = Headers()
-        h.add("From", f"<{aor}>;tag={new_tag()}")
-        h.add("To", f"<sip:{format_hostport(target.host, target.port)}>")
-        h.add("Call-ID", new_call_id())
-        h.add("CSeq", f"{self.cseq} OPTIONS")
-        return Request("OPTIONS", f"sip:{format_hostport(target.host, target.port)}", h)
+        ruri = f"sip:{format_hostport(target.host, target.port)}"
+        return self.new_request("OPTIONS", ruri, f"<{ruri}>", new_call_id(), new_tag(), self.cseq)

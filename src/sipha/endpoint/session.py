@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from ..dns.locator import LocateError
 from ..sip.dialog import Dialog, DialogState
-from ..sip.headers import Headers
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request, Response
 from ..sip.transaction import ClientTransaction, Target
@@ -258,28 +257,17 @@ class CallFlows(ProxySender):
         return None
 
     def _invite_request(
-        self,
-        session: Session,
-        conn: Connection,
-        ruri: URI,
-        target: Target,
-        call_id: str,
-        from_tag: str,
-        cseq: int,
-        sdp: bytes,
-    ) -> Request:
-        cfg = conn.cfg
-        name = f'"{cfg.display_name}" ' if cfg.display_name else ""
-        h = Headers()
-        h.add("From", f"{name}<sip:{cfg.user}@{cfg.aor_domain}>;tag={from_tag}")
-        h.add("To", f"<{ruri}>")
-        h.add("Call-ID", call_id)
-        h.add("CSeq", f"{cseq} INVITE")
-        h.add("Contact", f"<{conn.contact_uri(target.transport)}>")
-        h.add("Allow", self.ALLOW)
+        self, conn: Connection, ruri: URI, target: Target, call_id: str, from_tag: str,
+        cseq: int, sdp: bytes,
+    ) -> Request:  # fmt: skip
+        req = conn.new_request(
+            "INVITE", ruri, f"<{ruri}>", call_id, from_tag, cseq,
+            transport=target.transport, body=sdp,
+        )  # fmt: skip
+        req.headers.add("Allow", self.ALLOW)
         if sdp:
-            h.add("Content-Type", "application/sdp")
-        return Request("INVITE", ruri, h, sdp)
+            req.headers.add("Content-Type", "application/sdp")
+        return req
 
     def destination_uri(self, destination: str, conn: Connection) -> URI:
         if destination.startswith(("sip:", "sips:", "tel:")):
@@ -307,7 +295,7 @@ class CallFlows(ProxySender):
         def build() -> Request:
             cseq[0] += 1
             req = self._invite_request(
-                session, conn, ruri, target, call_id, from_tag, cseq[0], session.local_sdp
+                conn, ruri, target, call_id, from_tag, cseq[0], session.local_sdp
             )
             last[:] = [req]
             return req

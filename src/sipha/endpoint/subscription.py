@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from ..dns.locator import LocateError
 from ..sip.dialog import Dialog
 from ..sip.errors import ParseError
-from ..sip.headers import Headers
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request, Response
 from ..sip.transaction import Target
@@ -296,15 +295,10 @@ class Subscription:
             self.cseq = self.dialog.local_seq
         else:
             self.cseq += 1
-            cfg = self.conn.cfg
-            name = f'"{cfg.display_name}" ' if cfg.display_name else ""
-            h = Headers()
-            h.add("From", f"{name}<sip:{cfg.user}@{cfg.aor_domain}>;tag={self.local_tag}")
-            h.add("To", f"<{self.uri}>")
-            h.add("Call-ID", self.call_id)
-            h.add("CSeq", f"{self.cseq} SUBSCRIBE")
-            h.add("Contact", f"<{contact}>")
-            req = Request("SUBSCRIBE", self.uri, h)
+            req = self.conn.new_request(
+                "SUBSCRIBE", self.uri, f"<{self.uri}>", self.call_id, self.local_tag, self.cseq,
+                transport=target.transport,
+            )  # fmt: skip
         req.headers.add("Event", self.package)
         req.headers.add("Expires", str(expires))
         if self.accept:
