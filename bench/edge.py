@@ -29,7 +29,7 @@ from tests.appserver.helpers import toml  # noqa: E402
 from tests.edge.scenarios import ANSWER, destination  # noqa: E402
 from tests.sipp import SCENARIOS, free_port, run_sipp, stop_process  # noqa: E402
 
-from bench.steps import climb  # noqa: E402
+from bench.steps import climb, print_summary  # noqa: E402
 
 DEFAULT_RATES = [25, 50, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000]
 
@@ -163,13 +163,7 @@ async def main() -> int:
                     if kport
                     else None
                 )
-    print()
-    print(f"{'proxy':<28} {'max calls/s, 0 failed':>22}")
-    print(f"{'sipha edge (1 process)':<28} {sipha:>22}")
-    if kam is not None:
-        print(f"{'kamailio 5.6 (1 worker)':<28} {kam:>22}")
-        if kam:
-            print(f"\nsipha / kamailio: {sipha / kam:.2f}")
+    print_summary("proxy", "max calls/s, 0 failed", sipha, "kamailio 5.6 (1 worker)", kam)
     return 0
 
 

@@ -21,3 +21,15 @@ async def climb(
             break
         best = rate
     return best
+
+
+def print_summary(what: str, metric: str, sipha: int, peer_name: str, peer: int | None) -> None:
+    """The closing table of a climb: sipha, the peer (None: not installed), their ratio."""
+    width = max(len(what), len(peer_name), 22)
+    print()
+    print(f"{what:<{width}} {metric:>26}")
+    print(f"{'sipha (1 process)':<{width}} {sipha:>26}")
+    if peer is not None:
+        print(f"{peer_name:<{width}} {peer:>26}")
+        if peer:
+            print(f"\nsipha / {peer_name.split()[0]}: {sipha / peer:.2f}")

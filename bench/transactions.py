@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sipp import SCENARIOS, free_port, run_sipp, start_example, stop_process  # noqa: E402
 
-from bench.steps import climb  # noqa: E402
+from bench.steps import climb, print_summary  # noqa: E402
 
 DEFAULT_RATES = [250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 4000]
 
@@ -94,13 +94,7 @@ async def main() -> int:
     print("OPTIONS transactions over UDP loopback (SIPp prober, one server process each)")
     sipha = await run_sipha(rates, args.step_seconds)
     kam = await run_kamailio(rates, args.step_seconds)
-    print()
-    print(f"{'server':<22} {'max OPTIONS/s, 0 failures':>26}")
-    print(f"{'sipha (1 process)':<22} {sipha:>26}")
-    if kam is not None:
-        print(f"{'kamailio (1 worker)':<22} {kam:>26}")
-        if kam:
-            print(f"\nsipha / kamailio: {sipha / kam:.2f}")
+    print_summary("server", "max OPTIONS/s, 0 failures", sipha, "kamailio (1 worker)", kam)
     return 0
 
 
