@@ -29,6 +29,14 @@ async def slow_reject(call: Call) -> None:
     await call.reject(int(call.settings.get("code", 486)))
 
 
+async def think_then_ring(call: Call) -> None:
+    """Look something up first (the caller may cancel meanwhile), then ring and answer."""
+    await asyncio.sleep(0.3)
+    await call.ring()
+    await call.answer()
+    await call.wait_hangup()
+
+
 async def crash_before_answer(call: Call) -> None:
     raise RuntimeError("the application's backend call failed")
 

@@ -126,3 +126,43 @@ def test_proxy_authenticate_407() -> None:
     assert DigestClient("alice", "secret").authorize(req, resp)
     assert "Proxy-Authorization" in req.headers and "Authorization" not in req.headers
     assert server.verify(req, 1.0, lookup, proxy=True).ok
+
+
+def _answer(server: DigestServer, *, qop: str | None, algorithm: str = "MD5") -> Request:
+    """Credentials written by hand, as an old or hostile client would."""
+    nonce = server.make_nonce(0.0)
+    h1 = ha1(algorithm.removesuffix("-sess"), "alice", "example.test", "secret")
+    req = register()
+    resp = _response(algorithm, h1, nonce, "REGISTER", req.uri_text, qop, "00000001", "cn")
+    value = (f'Digest username="alice", realm="example.test", nonce="{nonce}", '
+             f'uri="{req.uri_text}", response="{resp}", algorithm={algorithm}')  # fmt: skip
+    if qop:
+        value += f', qop={qop}, nc=00000001, cnonce="cn"'
+    req.headers.add("Authorization", value)
+    return req
+
+
+def test_an_answer_without_qop_is_refused_when_qop_was_offered() -> None:
+    # RFC 7616 §3.4: the RFC 2069 form has no nonce count, so it could be replayed
+    server = DigestServer("example.test")
+    assert 'qop="auth"' in server.challenge(0.0)[0]
+    result = server.verify(_answer(server, qop=None), 1.0, lookup)
+    assert result.outcome is AuthOutcome.FAILED and "qop" in result.reason
+    assert server.verify(_answer(server, qop="auth"), 1.0, lookup).ok  # the control
+
+
+def test_sess_algorithms_are_never_accepted_because_never_offered() -> None:
+    server = DigestServer("example.test")
+    result = server.verify(_answer(server, qop="auth", algorithm="MD5-sess"), 1.0, lookup)
+    assert result.outcome is AuthOutcome.FAILED and "not offered" in result.reason
+
+
+def test_without_qop_by_configuration_each_nonce_is_accepted_once() -> None:
+    server = DigestServer("example.test", qop=False)
+    assert "qop" not in server.challenge(0.0)[0]
+    req = _answer(server, qop=None)
+    assert server.verify(req, 1.0, lookup).ok
+    replay = server.verify(req, 2.0, lookup)  # the same header again: a fresh nonce, not 200
+    assert replay.outcome is AuthOutcome.STALE and replay.reason == "nonce already used"
+    offered_qop = server.verify(_answer(server, qop="auth"), 1.0, lookup)
+    assert offered_qop.outcome is AuthOutcome.FAILED  # qop answers a challenge we never made

@@ -13,6 +13,7 @@ from sipha.sip.transaction import (
     RequestReceived,
     ResponseReceived,
     SendMessage,
+    ServerAbandoned,
     State,
     StrayResponse,
     Target,
@@ -318,3 +319,58 @@ def test_response_target_rfc3261_18_2_2_and_rfc3581() -> None:
     assert response_target(plain, src) == Target("udp", "192.0.2.7", 5060)
     tcp = Target("tcp", "192.0.2.7", 40001)
     assert response_target(plain, tcp) == tcp  # the connection the request came on
+
+
+def test_watchdog_answers_500_when_the_tu_never_answers() -> None:
+    # every request ends with a final answer, even when the TU forgot (a bug, a task that
+    # died): INVITE after Timer C + 64*T1 since its last provisional, others 64*T1 + T4
+    layer = TransactionLayer(TimerConfig(timer_c=10.0))
+    inv = wire(request())
+    opt = wire(request("OPTIONS", branch="z9hG4bKopt"))
+    assert isinstance(inv, Request) and isinstance(opt, Request)
+    layer.receive_request(inv, UDP, 0.0)
+    layer.receive_request(opt, UDP, 0.0)
+    txns = [e.transaction for e in layer.drain() if isinstance(e, RequestReceived)]
+    invite_txn, options_txn = txns
+    assert invite_txn is not None and options_txn is not None
+    layer.respond(invite_txn, make_response(inv, 180, to_tag="x"), 5.0)  # re-arms it
+    layer.drain()
+    layer.handle_timers(36.9)  # 64*T1 + T4 = 37 s for the OPTIONS: not yet
+    assert not layer.drain()
+    layer.handle_timers(37.0)
+    events = layer.drain()
+    assert [e.transaction for e in events if isinstance(e, ServerAbandoned)] == [options_txn]
+    (answer,) = sends(events)
+    assert answer.status == 500 and answer.to.tag  # a final answer with a To tag
+    layer.handle_timers(5.0 + 10.0 + 32.0 - 0.1)
+    assert not any(isinstance(e, ServerAbandoned) for e in layer.drain())
+    layer.handle_timers(5.0 + 10.0 + 32.0)
+    events = layer.drain()
+    assert [e.transaction for e in events if isinstance(e, ServerAbandoned)] == [invite_txn]
+    assert [m.status for m in sends(events)] == [500]
+    fire_until(layer, 200.0)
+    assert layer.size() == 0  # and both are gone in the end
+
+
+def test_stateless_answers_keep_no_transaction_and_tags_are_shared() -> None:
+    layer = TransactionLayer()
+    reg = wire(request("REGISTER", branch="z9hG4bKreg"))
+    assert isinstance(reg, Request)
+    layer.receive_request(reg, UDP, 0.0)
+    txn = next(e.transaction for e in layer.drain() if isinstance(e, RequestReceived))
+    assert txn is not None and layer.server_count_from("127.0.0.1") == 1
+    layer.respond_statelessly(txn, make_response(reg, 401, to_tag=txn.tag), 0.0)
+    assert layer.size() == 0 and layer.server_count_from("127.0.0.1") == 0
+    layer.receive_request(reg, UDP, 0.1)  # its retransmission is a new request: answered again
+    assert any(isinstance(e, RequestReceived) for e in layer.drain())
+    # §9.2: the 200 for a CANCEL carries the tag of the INVITE's own answers
+    inv = wire(request())
+    assert isinstance(inv, Request)
+    layer.receive_request(inv, UDP, 0.0)
+    invite_txn = next(e.transaction for e in layer.drain() if isinstance(e, RequestReceived))
+    assert invite_txn is not None
+    cancel = wire(request("CANCEL"))
+    assert isinstance(cancel, Request)
+    layer.receive_request(cancel, UDP, 0.2)
+    (ok,) = sends(layer.drain())
+    assert ok.status == 200 and ok.to.tag == invite_txn.tag is not None

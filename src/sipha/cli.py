@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from .logs import configure as configure_logging
 
 
 class _Parser(argparse.ArgumentParser):
@@ -239,11 +240,7 @@ def _run_role(role: str, config: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging([logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     if args.command is None:
         parser.print_help()
         return 2

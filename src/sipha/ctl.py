@@ -25,6 +25,7 @@ async def _call(args: argparse.Namespace) -> tuple[int, Any]:
         body = {"reason": args.reason} | ({"code": args.code} if args.code else {})
     elif args.action == "undrain":
         method, path = "POST", "/undrain"
+        body = {}  # every POST is JSON: the admin API refuses other content types
     elif args.action == "pools":
         method, path = "GET", "/pools"
     elif args.action == "registrations":

@@ -19,12 +19,19 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .logs import LogThrottle
 from .net.address import ListenSpec, parse_listen
-from .net.transport import IDLE_TIMEOUT, TransportManager
+from .net.transport import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS_PER_SOURCE,
+    MESSAGE_READ_TIMEOUT,
+    TransportManager,
+)
+from .protection import Admission, Guard, Verdict
 from .sip.errors import ParseError, SipError
 from .sip.framing import MAX_MESSAGE_SIZE
 from .sip.headers import Headers, Via
-from .sip.ids import new_branch
+from .sip.ids import new_branch, new_tag
 from .sip.message import Request, Response, make_response, parse
 from .sip.timers import TimerConfig
 from .sip.transaction import (
@@ -34,6 +41,7 @@ from .sip.transaction import (
     RequestReceived,
     ResponseReceived,
     SendMessage,
+    ServerAbandoned,
     ServerTransaction,
     StrayResponse,
     Target,
@@ -88,12 +96,13 @@ class StackStats:
     bad_requests: int = 0  # answered 400/505
     garbage: int = 0  # dropped: nothing could be answered
     handler_errors: int = 0
+    abandoned: int = 0  # server transactions the watchdog ended (each one is a bug)
 
 
 class IncomingRequest:
     """A new request for the transaction user, with a way to answer it."""
 
-    __slots__ = ("_stack", "cancelled", "request", "source", "to_tag", "transaction")
+    __slots__ = ("_stack", "_to_tag", "cancelled", "request", "source", "transaction")
 
     def __init__(
         self,
@@ -107,7 +116,22 @@ class IncomingRequest:
         self.source = source
         self.transaction = transaction
         self.cancelled = asyncio.Event()
-        self.to_tag: str | None = None
+        self._to_tag: str | None = None
+
+    @property
+    def to_tag(self) -> str | None:
+        """The To tag our responses carry: the transaction's (made on first use) unless
+        the handler chose one (a UAS puts its dialog's local tag here)."""
+        txn = self.transaction
+        if txn is not None:
+            return txn.tag
+        return self._to_tag
+
+    @to_tag.setter
+    def to_tag(self, value: str | None) -> None:
+        if self.transaction is not None:
+            self.transaction.tag = value
+        self._to_tag = value
 
     @property
     def answered(self) -> bool:
@@ -123,19 +147,49 @@ class IncomingRequest:
         body: bytes = b"",
         content_type: str | None = None,
     ) -> Response:
+        resp = self._response(status, reason, headers, body, content_type)
+        self.send(resp)
+        return resp
+
+    def respond_stateless(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        """A final answer after which the transaction is forgotten at once: for refusals
+        and challenges, so that a flood of them holds no state (Kamailio's sl)."""
+        if self.transaction is None:
+            raise RuntimeError("an ACK is not answered")
+        resp = self._response(status, reason, headers, b"", None)
+        self._stamp_server(resp)
+        self._stack.respond(self.transaction, resp, stateless=True)
+        return resp
+
+    def _response(
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]] | None,
+        body: bytes,
+        content_type: str | None,
+    ) -> Response:
         resp = make_response(
             self.request, status, reason, to_tag=self.to_tag, body=body, content_type=content_type
         )
         for name, value in headers or ():
             resp.headers.add(name, value)
-        self.send(resp)
         return resp
+
+    def _stamp_server(self, response: Response) -> None:
+        if "server" not in response.headers and response.status >= 200:
+            response.headers.add("Server", self._stack.user_agent)
 
     def send(self, response: Response) -> None:
         if self.transaction is None:
             raise RuntimeError("an ACK is not answered")
-        if "server" not in response.headers and response.status >= 200:
-            response.headers.add("Server", self._stack.user_agent)
+        self._stamp_server(response)
         self._stack.respond(self.transaction, response)
 
 
@@ -165,6 +219,8 @@ class SipStack:
         user_agent: str = USER_AGENT,
         auto_trying: bool = True,
         proxy: bool = False,
+        tcp_header_timeout: float = MESSAGE_READ_TIMEOUT,
+        max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
     ) -> None:
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:127.0.0.1:0"])]
         # a proxy neither retransmits 2xx itself nor ends a CANCELled INVITE with its own
@@ -179,6 +235,8 @@ class SipStack:
             ssl_server=ssl_server,
             ssl_client=ssl_client,
             on_pong=self._on_pong,
+            read_timeout=tcp_header_timeout,
+            max_connections_per_source=max_connections_per_source,
         )
         self.user_agent = user_agent
         self.stats = StackStats()
@@ -190,14 +248,11 @@ class SipStack:
         self.flow_failure_handler: Callable[[Target, str], None] | None = None
         # a CRLF pong (RFC 5626 §4.4.1) arrived on a flow we pinged
         self.pong_handler: Callable[[Target], None] | None = None
-        # consulted before a new request reaches the transaction layer: None lets it in,
-        # 0 drops it silently, a status code answers it statelessly (a flood, a scanner)
-        self.request_filter: (
-            Callable[[Request, Target], tuple[int, list[tuple[str, str]]] | None] | None
-        ) = None
-        # consulted for every message before it is parsed: True drops it (a flooding source
-        # over its hard limit costs a dict lookup instead of a parse)
-        self.source_filter: Callable[[Target], bool] | None = None
+        # per-source limits: consulted for each request before it is parsed and again,
+        # parsed, before it reaches the transaction layer (sipha.protection)
+        self.guard: Guard | None = None
+        # one "bad request" log line per source per minute: a flood is not a log flood
+        self._bad_log = LogThrottle()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -240,20 +295,29 @@ class SipStack:
 
     # -- input path ------------------------------------------------------------------------
     def _on_message(self, data: bytes, source: Target, spec: ListenSpec) -> None:
-        if self.source_filter is not None and self.source_filter(source):
-            return
+        admission = Admission.ADMIT
+        guard = self.guard
+        if guard is not None and not data.startswith(b"SIP/"):
+            admission = guard.admit(source, self.now)
+            if admission is Admission.DROP:
+                return
         try:
-            self._receive(data, source, spec)
+            self._receive(data, source, spec, admission)
         except Exception:
             self.stats.garbage += 1
             log.exception("dropped a message from %s:%s", source.host, source.port)
         self._pump()
 
-    def _receive(self, data: bytes, source: Target, spec: ListenSpec) -> None:
+    def _receive(
+        self, data: bytes, source: Target, spec: ListenSpec, admission: Admission
+    ) -> None:
         try:
             msg = parse(data, datagram=source.transport == "udp")
         except ParseError as exc:
-            self._answer_unparseable(data, source, exc)
+            if admission is Admission.ADMIT:
+                self._answer_unparseable(data, source, exc)
+            else:
+                self.stats.garbage += 1
             return
         now = self.now
         if isinstance(msg, Response):
@@ -271,14 +335,20 @@ class SipStack:
             self._stamp_via(msg, source)
             msg.validate()
         except ParseError as exc:
-            self._reject(msg, source, exc)
+            if admission is Admission.ADMIT:
+                self._reject(msg, source, exc)
+            else:
+                self.stats.garbage += 1
             return
-        if self.request_filter is not None and msg.method != "ACK":
-            verdict = self.request_filter(msg, source)
+        if self.guard is not None and msg.method != "ACK":
+            if admission is Admission.LIMIT:
+                verdict: Verdict | None = self.guard.busy()
+            else:
+                verdict = self.guard.check(msg, source, now)
             if verdict is not None:
                 status, headers = verdict
                 if status:
-                    resp = make_response(msg, status)
+                    resp = make_response(msg, status, to_tag=new_tag())
                     for name, value in headers:
                         resp.headers.add(name, value)
                     self._send_response_stateless(msg, resp, source)
@@ -301,11 +371,14 @@ class SipStack:
 
     def _reject(self, request: Request, source: Target, exc: ParseError) -> None:
         self.stats.bad_requests += 1
-        log.info("bad request from %s:%s: %s", source.host, source.port, exc.reason)
+        held = self._bad_log.allow(source.host, self.now)
+        if held is not None:
+            more = f" ({held} more since the last line)" if held else ""
+            log.info("bad request from %s:%s: %s%s", source.host, source.port, exc.reason, more)
         if request.method == "ACK":
             return
         try:
-            resp = make_response(request, exc.status, exc.reason_phrase)
+            resp = make_response(request, exc.status, exc.reason_phrase, to_tag=new_tag())
             request.top_via  # noqa: B018
             resp.headers.add("Server", self.user_agent)
         except ParseError:
@@ -425,6 +498,13 @@ class SipStack:
                 self.stray_handler(event.response, event.source)
         elif isinstance(event, TransactionTerminated):
             event.transaction.owner = None
+        elif isinstance(event, ServerAbandoned):
+            self.stats.abandoned += 1
+            req = event.transaction.request
+            log.error(
+                "no final answer to %s %s (Call-ID %s) from %s: ended with 500 by the watchdog",
+                req.method, req.uri_text, req.call_id, event.transaction.source.host,
+            )  # fmt: skip
 
     def _deliver(self, incoming: IncomingRequest) -> None:
         handler = self.handler
@@ -505,9 +585,15 @@ class SipStack:
         """Send outside any transaction: the ACK for a 2xx, a proxy's 2xx forward."""
         self.transports.send(bytes(message), target)
 
-    def respond(self, txn: ServerTransaction, response: Response) -> None:
-        """Send a response in a server transaction (a proxy relaying what it received)."""
-        self.layer.respond(txn, response, self.now)
+    def respond(
+        self, txn: ServerTransaction, response: Response, *, stateless: bool = False
+    ) -> None:
+        """Send a response in a server transaction (a proxy relaying what it received);
+        ``stateless``: a final answer after which the transaction is forgotten."""
+        if stateless:
+            self.layer.respond_statelessly(txn, response, self.now)
+        else:
+            self.layer.respond(txn, response, self.now)
         self._pump()
 
     async def resolve_target(self, request: Request) -> Target:

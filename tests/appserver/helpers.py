@@ -144,11 +144,15 @@ SDP = """v=0
       a=fmtp:101 0-16"""
 
 
-def invite_expect_reject(code: int, provisional: str = "") -> str:
+def invite_expect_reject(
+    code: int, provisional: str = "", sdp: str = SDP, contact: bool = True
+) -> str:
     """INVITE that must get (100 and) ``code``; any other response, a 18x included, fails.
 
-    ``provisional``: responses that must come first, e.g. "183".
+    ``provisional``: responses that must come first, e.g. "183". ``sdp``: the offer;
+    ``contact=False`` leaves the INVITE's Contact out.
     """
+    contact_line = "Contact: <sip:sipp@[local_ip]:[local_port]>\n      " if contact else ""
     pre = "".join(
         f'  <recv response="{p}" response_txn="invite"/>\n' for p in provisional.split() if p
     )
@@ -162,12 +166,11 @@ def invite_expect_reject(code: int, provisional: str = "") -> str:
       To: <sip:[service]@[remote_ip]:[remote_port]>
       Call-ID: [call_id]
       CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port]>
-      Max-Forwards: 70
+      {contact_line}Max-Forwards: 70
       Content-Type: application/sdp
       Content-Length: [len]
 
-      {SDP}
+      {sdp}
 
   ]]></send>
   <recv response="100" optional="true" response_txn="invite"/>

@@ -46,7 +46,7 @@ async def test_options_200_then_drain_503_then_undrain_200(tmp_path: Path) -> No
             elapsed = await probe.wait_for_code(503, timeout=1.0)
             assert elapsed < 0.5  # "well under a second": the very next OPTIONS
             await sipp_expect(tmp_path, port, options_expect(503))
-            async with http.post(admin_url(server) + "/undrain") as r:
+            async with http.post(admin_url(server) + "/undrain", json={}) as r:
                 assert r.status == 200
         assert await probe.code() == 200
         await sipp_expect(tmp_path, port, options_expect(200))

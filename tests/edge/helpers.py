@@ -20,7 +20,8 @@ def edge_config(
         "sip": {"listen": [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}"]},
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
     }
-    cfg.update(sections)
+    for name, values in sections.items():  # [sip] / [admin] keys add to the defaults above
+        cfg[name] = {**cfg[name], **values} if name in cfg else values
     if pools:
         cfg["pool"] = pools
     return cfg

@@ -104,13 +104,12 @@ async def test_strict_router_request_uri_is_restored_from_the_last_route(tmp_pat
         async with running_edge(tmp_path) as edge, SipStack(["udp:127.0.0.1:0"]) as stack:
             port = edge.stack.local().port
             callee = f"sip:bob@127.0.0.1:{callee_stack.local().port}"
-            # an in-dialog request from a strict router: our Record-Route as the
+            # an in-dialog request from a strict router: our (signed) Record-Route as the
             # Request-URI, the real target as the last Route entry
             h = Headers.of(("From", "<sip:c@127.0.0.1>;tag=1"), ("To", f"<{callee}>;tag=2"), ("Call-ID", "strict"), ("CSeq", "2 INFO"),
                            ("Route", f"<{callee}>"))  # fmt: skip
-            resp = await stack.request(
-                Request("INFO", f"sip:127.0.0.1:{port}", h), Target("udp", "127.0.0.1", port)
-            )
+            ours = f"sip:127.0.0.1:{port};lr;sg={edge.signer.sign('strict', '1')}"
+            resp = await stack.request(Request("INFO", ours, h), Target("udp", "127.0.0.1", port))
             assert resp.status == 200
             assert got[0].uri_text == callee and got[0].route == []
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+
+import pytest
 
 from sipha.sip import Headers, Request, Response
 from sipha.sip.auth import DigestClient, ha1, parse_challenge
@@ -100,8 +103,9 @@ async def test_register_digest_sha256_wrong_password_stale_and_replay(tmp_path: 
         assert stale.status == 401
         assert any("stale=true" in v for v in stale.headers.get_all("WWW-Authenticate"))
         assert edge.registrar.auth_failures >= 2
-        # a call to a user the users file does not know: 404; to a known one not registered: 480
-        for user, code in (("mallory", 404), ("bob", 480)):
+        # a call to a user the users file does not know and to a known one not registered:
+        # the same 404 (registrar.hide_users, the default), nobody can list the users
+        for user, code in (("mallory", 404), ("bob", 404)):
             h = Headers.of(
                 ("From", "<sip:x@127.0.0.1>;tag=1"),
                 ("To", f"<sip:{user}@{REALM}>"),
@@ -116,33 +120,43 @@ async def test_register_digest_sha256_wrong_password_stale_and_replay(tmp_path: 
             assert resp.status == code
 
 
-async def test_user_with_only_an_md5_ha1_is_offered_md5_only(tmp_path: Path) -> None:
-    # RFC 8760 §2.4: the client answers the first challenge it supports; offering SHA-256
-    # to a user whose entry has no SHA-256 HA1 would fail a correct password
+async def test_every_user_gets_the_configured_offer_and_md5_only_works_for_md5_users(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the same offer for every name (no hint which names exist); a user file entry with
+    # only an MD5 HA1 is named at start-up, and digest_algorithms = ["MD5"] serves it
+    def offered(resp: Response) -> list[str]:
+        return [parse_challenge(v)[1]["algorithm"] for v in resp.headers.get_all("WWW-Authenticate")]
+
     reg_cfg = {"domains": [REALM], "users_file": users_file(tmp_path)}
+    with caplog.at_level(logging.WARNING, logger="sipha.edge.registrar"):
+        async with (
+            running_edge(tmp_path, registrar=reg_cfg) as edge,
+            SipStack(["udp:127.0.0.1:0"]) as stack,
+        ):
+            for name in ("carol", "alice", "nobody"):
+                ua = Registering(stack, edge.stack.local().port, user=name)
+                resp = await ua.send(ua.request())
+                assert (resp.status, offered(resp)) == (401, ["SHA-256", "MD5"]), name
+    assert any("carol" in r.getMessage() and "ha1_sha256" in r.getMessage() for r in caplog.records)
+    md5_only = dict(reg_cfg, digest_algorithms=["MD5"])
     async with (
-        running_edge(tmp_path, registrar=reg_cfg) as edge,
+        running_edge(tmp_path, registrar=md5_only) as edge,
         SipStack(["udp:127.0.0.1:0"]) as stack,
     ):
         ua = Registering(stack, edge.stack.local().port, user="carol")
         first = await ua.send(ua.request())
-        offered = [parse_challenge(v)[1]["algorithm"]
-                   for v in first.headers.get_all("WWW-Authenticate")]  # fmt: skip
-        assert (first.status, offered) == (401, ["MD5"])
+        assert (first.status, offered(first)) == (401, ["MD5"])
         req = ua.request()
         assert DigestClient("carol", "pw").authorize(req, first)
         assert (await ua.send(req)).status == 200
-        # a name the users file does not have still gets the full offer
-        nobody = Registering(stack, edge.stack.local().port, user="nobody")
-        resp = await nobody.send(nobody.request())
-        offered = [parse_challenge(v)[1]["algorithm"]
-                   for v in resp.headers.get_all("WWW-Authenticate")]  # fmt: skip
-        assert offered == ["SHA-256", "MD5"]
 
 
 async def test_register_rules_423_star_and_unknown_users(tmp_path: Path) -> None:
     async with (
-        running_edge(tmp_path, registrar={"domains": [REALM], "min_expires": 60}) as edge,
+        running_edge(
+            tmp_path, registrar={"domains": [REALM], "min_expires": 60, "hide_users": False}
+        ) as edge,
         SipStack(["udp:127.0.0.1:0"]) as stack,
     ):
         ua = Registering(stack, edge.stack.local().port)
@@ -154,7 +168,7 @@ async def test_register_rules_423_star_and_unknown_users(tmp_path: Path) -> None
         assert await edge.registrar.lookup(f"sip:alice@{REALM}") == []
         bad_star = await ua.send(ua.request(expires=100, contact="*"))
         assert bad_star.status == 400
-        # a call to a served domain with no binding: 480
+        # a call to a served domain with no binding: 480 (hide_users = false)
         h = Headers.of(
             ("From", "<sip:x@127.0.0.1>;tag=1"),
             ("To", f"<sip:alice@{REALM}>"),
@@ -274,3 +288,54 @@ async def test_register_out_of_order_cseq_is_refused(tmp_path: Path) -> None:
         late = await ua.send(ua.request())  # CSeq 3, same Call-ID: an old retransmission
         assert late.status == 500
         assert (await edge.registrar.lookup(f"sip:alice@{REALM}"))[0].cseq == 6
+
+
+async def test_concurrent_registers_for_one_aor_on_two_nodes_lose_no_binding(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # issue 11, finding 13: each REGISTER used to read, compute and SET the whole AOR; two
+    # at once (two nodes, or one node across an await) lost a binding. Now: a per-AOR hash
+    # updated under WATCH/MULTI, one update at a time per node
+    (tmp_path / "n1").mkdir()
+    (tmp_path / "n2").mkdir()
+    reg = {"domains": [REALM], "store": redis_url, "max_contacts": 1000}
+    async with (
+        running_edge(tmp_path / "n1", registrar=reg) as n1,
+        running_edge(tmp_path / "n2", registrar=reg) as n2,
+        SipStack(["udp:127.0.0.1:0"]) as stack,
+    ):
+        async def register(i: int) -> int:
+            node = (n1, n2)[i % 2]
+            ua = Registering(stack, node.stack.local().port)  # its own Call-ID
+            req = ua.request(contact=f"<sip:alice@127.0.0.1:{20000 + i}>")
+            return (await ua.send(req)).status
+
+        statuses = await asyncio.gather(*(register(i) for i in range(200)))
+        assert statuses == [200] * 200
+        for node in (n1, n2):
+            bindings = await node.registrar.lookup(f"sip:alice@{REALM}")
+            assert len(bindings) == 200, len(bindings)
+        conflicts = n1.store.conflicts + n2.store.conflicts  # type: ignore[attr-defined]
+        print(f"WATCH conflicts retried: {conflicts}")
+
+
+async def test_a_shared_store_without_a_route_secret_is_warned_about(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sipha.edge"):
+        async with running_edge(tmp_path, registrar={"store": redis_url}):
+            pass
+    assert any("route_secret_file" in r.getMessage() for r in caplog.records)
+    (tmp_path / "route.key").write_text("0123456789abcdef0123456789abcdef\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sipha.edge"):
+        async with running_edge(tmp_path, registrar={"store": redis_url},
+                                sip={"route_secret_file": "route.key"}) as edge:  # fmt: skip
+            assert not edge.signer.random_key
+    assert not any("route_secret_file" in r.getMessage() for r in caplog.records)
+    (tmp_path / "short.key").write_text("short\n")
+    from sipha.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sip\.route_secret_file: .*at least 16 bytes"):
+        async with running_edge(tmp_path, sip={"route_secret_file": "short.key"}):
+            pass

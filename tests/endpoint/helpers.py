@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -131,11 +132,15 @@ async def edge_node(
     """``sipha edge`` on host:port (UDP and TCP), registrar for edge.test in Redis,
     record-routing with the shared name edge.test so any node takes a call's requests;
     ``pools`` ([[pool]] tables) put servers behind it."""
+    secret = tmp_path / "route.key"  # every node signs its Record-Route with the same key
+    if not secret.exists():
+        secret.write_text(secrets.token_hex(32))
     cfg: dict[str, Any] = {
         "pool": pools or [],
         "sip": {
             "listen": [f"udp:{host}:{port}", f"tcp:{host}:{port}"],
             "record_route_host": REALM,
+            "route_secret_file": str(secret),
         },
         "admin": {"listen": f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
         "registrar": {"domains": [REALM], "store": redis_url, "min_expires": 1},

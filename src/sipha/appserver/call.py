@@ -22,7 +22,7 @@ from ..sip.errors import ParseError
 from ..sip.headers import Headers
 from ..sip.ids import new_tag
 from ..sip.message import Request
-from ..sip.sdp import AudioDescription, answer_sdp, offer_sdp, parse_sdp
+from ..sip.sdp import AudioDescription, acceptable_offer, answer_sdp, offer_sdp, parse_sdp
 from ..sip.uri import SipURI, TelURI
 from ..stack import (
     IncomingRequest,
@@ -90,13 +90,19 @@ class Call:
         self.settings = server.config.app.settings
         self._late_offer = not req.body
         if req.body:
-            self.offer = parse_sdp(req.body)  # ParseError -> the server answers 488
+            # an offer we cannot answer (no G.711, a c= that is not an address, a bad
+            # payload type) raises ParseError: the server answers 488 before any 18x
+            self.offer = acceptable_offer(parse_sdp(req.body))
 
     # -- progress and answer -------------------------------------------------------------
     def _contact(self) -> tuple[str, str]:
         return ("Contact", f"<{self._stack.contact_uri(None, self._incoming.source.transport)}>")
 
     def _check_open(self) -> None:
+        if self._incoming.cancelled.is_set() and not self.ended.is_set():
+            # the CANCEL's 487 already ended the INVITE (the watcher task may not have
+            # run yet): the call is over, not in error
+            self._end("caller cancelled")
         if self.ended.is_set():
             raise CallEnded(self.end_reason)
 
@@ -156,6 +162,8 @@ class Call:
         """Refuse the call with a final failure code; allowed only before answer()."""
         if self.state == "answered":
             raise CallStateError("reject() after answer(): use hangup()")
+        if self._incoming.cancelled.is_set():
+            self._end("caller cancelled")
         if self.ended.is_set():
             return
         if not 300 <= code <= 699:

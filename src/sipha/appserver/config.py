@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ..config import Strict, require_unique
 from ..net.address import parse_listen
+from ..protection import Protection
 
 
 def _code(allow_zero: bool) -> AfterValidator:
@@ -31,6 +32,11 @@ OptionalCode = Annotated[int, _code(True)]
 class SipSection(Strict):
     listen: list[str] = Field(default_factory=lambda: ["udp:127.0.0.1:5080"])
     user_agent: str = "sipha-appserver"
+    # s from the first byte of a message on a TCP/TLS connection to its last (a peer that
+    # drips one byte a minute is closed); like Kamailio's tcp_msg_read_timeout
+    tcp_header_timeout: float = Field(10.0, gt=0, le=300)
+    # TCP/TLS connections one address may hold open; more are closed at accept
+    max_connections_per_source: int = Field(100, ge=1)
 
     @field_validator("listen")
     @classmethod
@@ -45,6 +51,9 @@ class SipSection(Strict):
 class AdminSection(Strict):
     listen: str = "127.0.0.1:8080"  # host:port of the HTTP admin API; "" disables it
     token_file: str | None = None  # bearer token; required when listen is not loopback
+    # other names the API is reached by (a reverse proxy's); the Host header must be one
+    # of them or the listen address, which defeats DNS rebinding
+    allowed_hosts: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> AdminSection:
@@ -152,6 +161,7 @@ class AppServerConfig(Strict):
     health: list[HealthProbe] = Field(default_factory=list)
     media: MediaSection = Field(default_factory=MediaSection)
     server: ServerSection = Field(default_factory=ServerSection)
+    protection: Protection = Field(default_factory=Protection)
 
     @field_validator("health")
     @classmethod

@@ -26,6 +26,7 @@ from aiohttp import web
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, ConfigHolder
 from ..media.rtp import PortPool
+from ..protection import Guard
 from ..sip.errors import ParseError
 from ..sip.message import reason_phrase
 from ..sip.transaction import ServerTransaction
@@ -67,7 +68,19 @@ class AppServer:
         self.availability = Availability(
             file_code=cfg.options.maint_response, drain_code=drain.code, drain_reason=drain.reason
         )
-        self.stack = SipStack(cfg.sip.listen, user_agent=cfg.sip.user_agent)
+        self.stack = SipStack(
+            cfg.sip.listen,
+            user_agent=cfg.sip.user_agent,
+            tcp_header_timeout=cfg.sip.tcp_header_timeout,
+            max_connections_per_source=cfg.sip.max_connections_per_source,
+        )
+        layer = self.stack.layer
+        # the same per-source limits and scanner detection as the edge (sipha.protection)
+        self.guard = Guard(
+            cfg.protection,
+            lambda host: layer.size() if host is None else layer.server_count_from(host),
+        )
+        self.stack.guard = self.guard
         self.stack.handler = self._on_request
         self.stack.server_timeout_handler = self._on_server_timeout
         self.metrics = AppServerMetrics()
@@ -106,6 +119,7 @@ class AppServer:
         if old.sip.listen != new.sip.listen:
             log.warning("sip.listen changed: takes effect at the next restart")
         self.availability.file_code = new.options.maint_response
+        self.guard.configure(new.protection)
         self.health.configure(new.health)
         self._maintenance_changed()
         self._sync_metrics()
@@ -203,11 +217,25 @@ class AppServer:
         elif req.method == "CANCEL":
             incoming.respond(481)
         elif req.method != "ACK":
+            self._refused(incoming)
             incoming.respond(405, headers=[("Allow", ALLOW)])
+
+    def _refused(self, incoming: IncomingRequest) -> None:
+        """A refusal the guard's scanner detection counts (a dialled number that does not
+        exist, a method we do not have): enumeration looks like many of them."""
+        uri = incoming.request.uri
+        user = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
+        self.guard.refused(incoming.source, incoming.request.method, user, time.monotonic())
 
     def _admit(self, incoming: IncomingRequest) -> None:
         """INVITE admission; only 100 Trying has been sent when any of these rejects."""
         cfg = self.config
+        if not incoming.request.contact:
+            # §8.1.1.8: an INVITE must say where the dialog's requests go; without it the
+            # call could be answered but never ended (RFC 3261 §12.1.1)
+            incoming.respond(400, "Missing Contact Header")
+            self._count("rejected_bad_request")
+            return
         if self.availability.in_maintenance:
             code = cfg.invite.maint_response
             incoming.respond(code, reason_phrase(code))
@@ -219,6 +247,7 @@ class AppServer:
             return
         handler = self._route(incoming)
         if handler is None:
+            self._refused(incoming)
             incoming.respond(cfg.invite.no_route_response)
             self._count("rejected_no_route")
             return

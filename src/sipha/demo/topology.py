@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -176,8 +177,14 @@ class EdgeNode:
         self.admin_port = free_port()
         d = workdir / name
         d.mkdir(parents=True, exist_ok=True)
+        secret = workdir / "route.key"  # the nodes share it: a call may continue via either
+        if not secret.exists():
+            secret.write_text(secrets.token_hex(32))
         cfg = {
-            "sip": {"listen": [f"udp:{host}:{port}"], "record_route_host": "edge.demo"},
+            "sip": {
+                "listen": [f"udp:{host}:{port}"], "record_route_host": "edge.demo",
+                "route_secret_file": str(secret),
+            },
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
             "registrar": {"domains": ["demo.sipha"], "min_expires": 1},
             "pool": [{

@@ -9,12 +9,15 @@ from pydantic import Field, field_validator, model_validator
 
 from ..appserver.config import AdminSection, SipSection
 from ..config import Strict, require_unique
+from ..protection import Protection as Protection
 from ..sip.errors import ParseError
 from ..sip.uri import SipURI, parse_uri
 
 ALGORITHMS = ("round-robin", "weighted", "priority", "least-calls", "hash-callid")
 # Kamailio dispatcher / SBC alternative-reasons defaults: failures that mean "try elsewhere"
 DEFAULT_ALTERNATIVE = [408, 480, 486, 488, 500, 502, 503, 504, 603]
+DigestAlgorithm = Literal["SHA-256", "MD5"]
+DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("SHA-256", "MD5")  # RFC 8760 §2.4 order
 
 
 class EdgeAdmin(AdminSection):
@@ -34,6 +37,14 @@ class EdgeSip(SipSection):
     # in-dialog requests of a call set up via one node through another (Kamailio:
     # record_route_preset with a shared name)
     record_route_host: str = ""
+    # other names of this edge (Kamailio's alias=): a Route, Request-URI or Contact with
+    # one of them designates the edge itself (§16.4) and is never looked up in DNS
+    aliases: list[str] = Field(default_factory=list)
+    # the key that signs the edge's Record-Route (HMAC); every node of a cluster needs
+    # the same one. Without it each process makes a random key (one node only)
+    route_secret_file: str | None = None
+    # branches one request may fork into (RFC 3261 §16.6; Kamailio's max_branches = 12)
+    max_branches: int = Field(12, ge=1, le=100)
 
 
 class Destination(Strict):
@@ -95,6 +106,35 @@ class Registrar(Strict):
     max_expires: int = Field(3600, ge=1)
     default_expires: int = Field(3600, ge=1)  # RFC 3261 §10.2.1.1
     nonce_ttl: float = Field(300.0, gt=0)  # digest nonce lifetime, then stale=true
+    # offered in this order to every user alike (RFC 8760 §2.4: a client answers the
+    # first one it supports; baresip 1.0 gives up at one it cannot answer: put MD5 first
+    # or alone for it)
+    digest_algorithms: list[DigestAlgorithm] = Field(
+        default_factory=lambda: list(DIGEST_ALGORITHMS), min_length=1
+    )
+    # qop=auth lets nonces be reused with a growing nonce count (RFC 7616); without it
+    # (very old clients) every nonce is accepted once (Kamailio's one_time_nonce)
+    digest_qop: bool = True
+    max_contacts: int = Field(10, ge=1, le=1000)  # per AOR, like Kamailio usrloc max_contacts
+    # over max_contacts: "drop-oldest" forgets the binding refreshed longest ago (a phone
+    # that restarts with a new port is never locked out), "reject" answers 403
+    max_contacts_action: Literal["drop-oldest", "reject"] = "drop-oldest"
+    max_aors: int = Field(100_000, ge=1)  # a new AOR beyond it gets 503
+    # unknown and unregistered users get the same answer (404), so nobody can tell
+    # which names exist; false: 404 for unknown, 480 for known but unregistered
+    hide_users: bool = True
+    # failed authentications per source within auth_failure_window before the source is
+    # refused (403) until the window passes; per user, before only the addresses that
+    # hold one of its live bindings may still try (a guesser cannot lock the owner out)
+    max_auth_failures_per_source: int = Field(10, ge=1)
+    max_auth_failures_per_user: int = Field(30, ge=1)
+    auth_failure_window: float = Field(300.0, gt=0)
+
+    @field_validator("digest_algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        require_unique(v, "digest algorithms")
+        return v
 
     @field_validator("store")
     @classmethod
@@ -108,17 +148,6 @@ class Registrar(Strict):
         if not self.min_expires <= self.default_expires <= self.max_expires:
             raise ValueError("need min_expires <= default_expires <= max_expires")
         return self
-
-
-class Protection(Strict):
-    rate: float = Field(200.0, gt=0)  # requests/s per source address (token bucket refill)
-    burst: int = Field(400, ge=1)  # bucket size
-    hard_limit: float = Field(1000.0, gt=0)  # above this rate requests are dropped silently
-    retry_after: int = Field(5, ge=1)  # seconds, in the 503 sent to a flooding source
-    max_transactions: int = Field(10000, ge=10)  # new requests beyond it get 503
-    drop_user_agents: list[str] = Field(
-        default_factory=lambda: ["friendly-scanner", "sipvicious", "sipcli"]
-    )
 
 
 class EdgeServerSection(Strict):

@@ -50,6 +50,32 @@ class EdgeMetrics:
         self.dropped = Gauge(
             "sipha_edge_dropped", "Requests dropped (hard limit, scanners)", registry=r
         )
+        self.scanners_detected = Gauge(
+            "sipha_edge_scanners_detected", "Sources blocked for scanning behaviour", registry=r
+        )
+        self.relay_denied = Gauge(
+            "sipha_edge_relay_denied", "Requests refused by the anti-relay rules", registry=r
+        )
+        self.auth_failures = Gauge(
+            "sipha_edge_auth_failures", "Failed digest authentications", registry=r
+        )
+        self.auth_throttled = Gauge(
+            "sipha_edge_auth_throttled",
+            "Authentications refused for too many recent failures",
+            registry=r,
+        )
+        self.abandoned = Gauge(
+            "sipha_edge_transactions_abandoned",
+            "Server transactions the watchdog ended with 500 (each one is a bug)",
+            registry=r,
+        )
+        self.tcp = Gauge(
+            "sipha_edge_tcp_events",
+            "TCP/TLS connection events: accept_errors (out of file descriptors...), "
+            "read_timeouts (tcp_header_timeout), refused_per_source",
+            ["event"],
+            registry=r,
+        )
 
     def update(self, edge: EdgeServer) -> None:
         for pool in edge.pools:
@@ -65,6 +91,18 @@ class EdgeMetrics:
                     self.failed.labels(*lab, str(code)).set(n)
         self.limited.set(edge.guard.limited)
         self.dropped.set(edge.guard.dropped + edge.guard.scanners)
+        self.scanners_detected.set(edge.guard.scanners_detected)
+        self.relay_denied.set(edge.counters.get("relay_denied", 0))
+        self.auth_failures.set(edge.registrar.auth_failures)
+        self.auth_throttled.set(edge.registrar.throttle.refused)
+        self.abandoned.set(edge.stack.stats.abandoned)
+        t = edge.stack.transports.stats
+        for event, n in (
+            ("accept_errors", t.accept_errors),
+            ("read_timeouts", t.read_timeouts),
+            ("refused_per_source", t.refused_per_source),
+        ):
+            self.tcp.labels(event).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,6 +22,7 @@ from ..sip.message import Request, Response
 from ..sip.transaction import ClientTransaction, Target
 from ..sip.uri import SipURI, format_hostport
 from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure, resolve_sip_uri
+from .route_signature import PARAM as SIGNATURE
 
 if TYPE_CHECKING:
     from .pools import DestinationRuntime, PoolRuntime
@@ -47,7 +48,10 @@ def loop_hash(request: Request, top_via: str | None = None) -> str:
         request.headers.get("proxy-require") or "",
         ",".join(request.headers.get_all("route")),
     ]
-    return hashlib.md5("\n".join(parts).encode(), usedforsecurity=False).hexdigest()[:16]
+    # surrogateescape: a field may hold bytes that are not UTF-8 (kept as the parser read
+    # them); the hash must not raise on what a peer sent
+    text = "\n".join(parts).encode("utf-8", "surrogateescape")
+    return hashlib.md5(text, usedforsecurity=False).hexdigest()[:16]
 
 
 def best_response(responses: list[Response]) -> Response:
@@ -101,7 +105,8 @@ class Proxy:
         spec = self.stack.local(transport, v6)
         return format_hostport(spec.host, spec.port)
 
-    def _record_route(self, transport: str) -> str:
+    def _record_route(self, transport: str, request: Request) -> str:
+        """Our Record-Route, signed for this dialog (see :mod:`.route_signature`)."""
         param = "" if transport == "udp" else f";transport={transport}"
         shared = self.server.config.sip.record_route_host
         hostport = (
@@ -109,7 +114,8 @@ class Proxy:
             if shared
             else self._our_hostport(transport)
         )
-        return f"<sip:{hostport};lr{param}>"
+        sig = self.server.signer.sign(request.call_id, request.from_.tag or "")
+        return f"<sip:{hostport};lr{param};{SIGNATURE}={sig}>"
 
     def prepare(
         self,
@@ -133,8 +139,8 @@ class Proxy:
         if record_route or (request.method in DIALOG_CREATING and not request.to.tag):
             # RFC 5658 double Record-Route when the call switches transports
             if inbound != target.transport:
-                fwd.headers.add_first("Record-Route", self._record_route(inbound))
-            fwd.headers.add_first("Record-Route", self._record_route(target.transport))
+                fwd.headers.add_first("Record-Route", self._record_route(inbound, request))
+            fwd.headers.add_first("Record-Route", self._record_route(target.transport, request))
         branch = f"{MAGIC_COOKIE}{loop_hash(request)}.{self.server.next_branch_id()}"
         sent_by = self._our_hostport(target.transport, ":" in target.host)
         via = f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch}"

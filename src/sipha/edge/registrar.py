@@ -1,21 +1,43 @@
-"""Registrar (RFC 3261 §10.3) with digest authentication (RFC 8760) and Path (RFC 3327)."""
+"""Registrar (RFC 3261 §10.3) with digest authentication (RFC 8760) and Path (RFC 3327).
+
+What it refuses, and why:
+
+- a Contact that designates the edge itself (its addresses, aliases, served domains):
+  a call to that user would come straight back and fork again (403);
+- more than ``max_contacts`` bindings per AOR: the oldest is dropped, or 403, as
+  configured (Kamailio usrloc ``max_contacts``); a fork fans out to at most that many;
+- a new AOR beyond ``max_aors`` (503): an open registrar cannot be filled up;
+- credentials from an address or for a user with too many recent failures (403), see
+  :mod:`.auth_throttle`.
+
+Challenges (401) are stateless and identical for every user name. Updates of one AOR
+are serialised inside the node and atomic in the store (WATCH/MULTI on Redis), so two
+REGISTERs racing on two nodes never lose a binding. Contacts are compared as
+RFC 3261 §19.1.4 says, not as text.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from email.utils import formatdate
 from pathlib import Path
 
 from pydantic import Field
 
 from ..config import Strict, load_config
+from ..protection import Guard
 from ..sip.auth import AuthOutcome, DigestServer
 from ..sip.errors import ParseError
+from ..sip.headers import Address
 from ..sip.message import Request
-from ..sip.uri import SipURI
+from ..sip.uri import SipURI, parse_uri
 from ..stack import IncomingRequest
 from ..store.base import Binding, Store
+from .auth_throttle import AuthThrottle
 from .config import Registrar as RegistrarConfig
 
 log = logging.getLogger("sipha.edge.registrar")
@@ -34,11 +56,35 @@ class UsersFile(Strict):
     user: list[User] = Field(default_factory=list)
 
 
+class Refusal(Exception):
+    """A REGISTER the registrar answers with a failure (raised inside a store update)."""
+
+    def __init__(
+        self, status: int, reason: str | None = None, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(f"{status} {reason or ''}")
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
 class Registrar:
-    def __init__(self, cfg: RegistrarConfig, store: Store, config_dir: Path, node: str) -> None:
+    def __init__(
+        self,
+        cfg: RegistrarConfig,
+        store: Store,
+        config_dir: Path,
+        node: str,
+        *,
+        is_us: Callable[[SipURI], bool] = lambda uri: False,
+        guard: Guard | None = None,
+        nonce_secret: bytes | None = None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.node = node
+        self.is_us = is_us
+        self.guard = guard
         self.domains = {d.lower() for d in cfg.domains}
         self.users: dict[str, User] | None = None
         self.auth: DigestServer | None = None
@@ -46,9 +92,42 @@ class Registrar:
             users = load_config(config_dir / cfg.users_file, UsersFile)
             realm = users.realm or (cfg.domains[0] if cfg.domains else "sipha")
             self.users = {u.name: u for u in users.user}
-            self.auth = DigestServer(realm, nonce_ttl=cfg.nonce_ttl)
+            self.auth = DigestServer(
+                realm,
+                secret=nonce_secret,
+                nonce_ttl=cfg.nonce_ttl,
+                algorithms=tuple(cfg.digest_algorithms),
+                qop=cfg.digest_qop,
+            )
+            self._warn_missing_ha1()
+        elif cfg.domains:
+            log.warning(
+                "REGISTRAR IS OPEN: no registrar.users_file, so anyone may register any user "
+                "of %s (at most %d AORs)",
+                ", ".join(cfg.domains),
+                cfg.max_aors,
+            )
+        self.throttle = AuthThrottle(
+            cfg.max_auth_failures_per_source, cfg.max_auth_failures_per_user,
+            cfg.auth_failure_window,
+        )  # fmt: skip
+        self._locks: dict[str, asyncio.Lock] = {}
         self.registrations = 0
         self.auth_failures = 0
+        self.refused: dict[str, int] = {}
+
+    def _warn_missing_ha1(self) -> None:
+        field_of = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256"}
+        for alg in self.cfg.digest_algorithms:
+            missing = [
+                u.name for u in (self.users or {}).values() if not getattr(u, field_of[alg])
+            ]
+            if missing:
+                log.warning(
+                    "users without %s in %s: %s; a client that answers the %s challenge will "
+                    "fail for them (add the HA1 or take %s out of registrar.digest_algorithms)",
+                    field_of[alg], self.cfg.users_file, ", ".join(missing[:10]), alg, alg,
+                )  # fmt: skip
 
     def serves(self, host: str) -> bool:
         return host.lower() in self.domains
@@ -59,121 +138,201 @@ class Registrar:
             return None
         return u.ha1_sha256 if algorithm == "SHA-256" else u.ha1_md5
 
-    def _algorithms_for(self, request: Request) -> tuple[str, ...] | None:
-        """The algorithms the To user has an HA1 for. RFC 8760 §2.4: a client answers the
-        first challenge it supports, so offering SHA-256 to a user with only an MD5 HA1
-        would fail a correct password. An unknown user gets the full offer (no hint that
-        the name does not exist)."""
-        uri = request.to.uri
-        user = (self.users or {}).get(uri.user or "") if isinstance(uri, SipURI) else None
-        if user is None:
-            return None
-        have = {"MD5": user.ha1_md5, "SHA-256": user.ha1_sha256}
-        return tuple(a for a, h in have.items() if h) or None
+    def _refuse(self, incoming: IncomingRequest, status: int, reason: str | None = None,
+                headers: list[tuple[str, str]] | None = None) -> None:  # fmt: skip
+        key = f"{status}"
+        self.refused[key] = self.refused.get(key, 0) + 1
+        incoming.respond_stateless(status, reason, headers=headers)
+        if self.guard is not None:
+            uri = incoming.request.to.uri
+            user = uri.user or "" if isinstance(uri, SipURI) else ""
+            self.guard.refused(incoming.source, incoming.request.method, user, time.monotonic())
 
     def challenge(self, incoming: IncomingRequest, now: float, stale: bool = False) -> None:
         assert self.auth is not None
-        offer = self._algorithms_for(incoming.request)
-        values = self.auth.challenge(now, stale=stale, algorithms=offer)
-        incoming.respond(401, headers=[("WWW-Authenticate", v) for v in values])
+        values = self.auth.challenge(now, stale=stale)
+        incoming.respond_stateless(401, headers=[("WWW-Authenticate", v) for v in values])
 
-    def authenticate(self, incoming: IncomingRequest) -> str | None:
+    async def authenticate(self, incoming: IncomingRequest, aor: str) -> str | None:
         """The authenticated user name, or None after answering 401/403."""
         if self.auth is None:
             return ""
+        req = incoming.request
+        host = incoming.source.host
+        mono = time.monotonic()
+        claimed = DigestServer.username(req)
+        if claimed is not None:
+            if self.throttle.source_blocked(host, mono):
+                self.throttle.refused += 1
+                self._refuse(incoming, 403, "Too Many Failed Authentications")
+                return None
+            if self.throttle.user_restricted(claimed, mono) and not await self._holds_binding(
+                aor, host
+            ):
+                self.throttle.refused += 1
+                self._refuse(incoming, 403, "Too Many Failed Authentications")
+                return None
         now = time.time()
-        result = self.auth.verify(incoming.request, now, self._ha1)
+        result = self.auth.verify(req, now, self._ha1)
         if result.outcome is AuthOutcome.OK:
+            if self.guard is not None:
+                self.guard.authenticated(incoming.source, mono)
             return result.username or ""
         if result.outcome is AuthOutcome.STALE:
             self.challenge(incoming, now, stale=True)
-        else:
-            if result.outcome is AuthOutcome.FAILED:
-                self.auth_failures += 1
-                log.info(
-                    "REGISTER auth failed for %r from %s: %s",
-                    result.username,
-                    incoming.source.host,
-                    result.reason,
-                )
-            self.challenge(incoming, now)
+            return None
+        if result.outcome is AuthOutcome.FAILED:
+            self.auth_failures += 1
+            self.throttle.failed(host, result.username, mono)
+            log.info(
+                "REGISTER auth failed for %r from %s: %s", result.username, host, result.reason
+            )
+            if self.guard is not None:
+                self.guard.refused(incoming.source, req.method, result.username or "", mono)
+        self.challenge(incoming, now)
         return None
+
+    async def _holds_binding(self, aor: str, host: str) -> bool:
+        bindings = await self.store.get_bindings(aor)
+        # Binding.source is "transport:host:port"
+        return any(b.source.partition(":")[2].rpartition(":")[0] == host for b in bindings)
+
+    @asynccontextmanager
+    async def _serialised(self, aor: str) -> AsyncIterator[None]:
+        """One update of an AOR at a time in this node (the store makes it atomic across
+        nodes; this keeps a burst on one node from spinning on WATCH conflicts)."""
+        lock = self._locks.get(aor)
+        if lock is None:
+            lock = self._locks[aor] = asyncio.Lock()
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._locks.get(aor) is lock:
+                del self._locks[aor]
 
     async def register(self, incoming: IncomingRequest) -> None:
         req = incoming.request
         to_uri = req.to.uri
         if not isinstance(to_uri, SipURI) or not self.serves(to_uri.host):
-            incoming.respond(403, "Domain Not Served Here")
+            self._refuse(incoming, 403, "Domain Not Served Here")
             return
-        user = self.authenticate(incoming)
+        aor = to_uri.aor
+        user = await self.authenticate(incoming, aor)
         if user is None:
             return
         if self.auth is not None and user != to_uri.user:
-            incoming.respond(403, "Authenticated User Does Not Own This AOR")
+            self._refuse(incoming, 403, "Authenticated User Does Not Own This AOR")
             return
-        aor = to_uri.aor
         try:
-            await self._update(incoming, req, aor)
+            contacts = self._check_contacts(req)
+            async with self._serialised(aor):
+                bindings, path = await self._update(incoming, req, aor, contacts)
+        except Refusal as r:
+            self._refuse(incoming, r.status, r.reason, r.headers)
+            return
         except ParseError as exc:
             incoming.respond(400, exc.reason_phrase)
-
-    async def _update(self, incoming: IncomingRequest, req: Request, aor: str) -> None:
-        cfg = self.cfg
-        now = time.time()
-        current = await self.store.get_bindings(aor)
-        header_expires = req.expires
-        if req.contact_wildcard:
-            # §10.3 step 6: "*" only alone and with Expires: 0
-            if header_expires != 0 or len(req.headers.get_all("contact")) != 1:
-                incoming.respond(400, "Contact * Needs Expires 0 And No Other Contact")
-                return
-            if any(b.call_id == req.call_id and req.cseq.number <= b.cseq for b in current):
-                incoming.respond(500, "Out Of Order CSeq")
-                return
-            await self.store.set_bindings(aor, [])
-            self._ok(incoming, [])
             return
-        updated = {b.contact: b for b in current}
-        path = req.headers.get_all("path") if "path" in req.headers.get_all("supported") else []
+        self.registrations += 1
+        self._ok(incoming, bindings, path)
+
+    def _check_contacts(self, req: Request) -> list[tuple[Address, SipURI]]:
+        out = []
         for c in req.contact:
+            uri = c.uri
+            if not isinstance(uri, SipURI):
+                raise Refusal(400, "Contact Must Be A SIP URI")
+            if self.is_us(uri):
+                # a call to this user would come back here and fork again
+                raise Refusal(403, "Contact Points To This Edge")
+            _ = c.expires, c.q  # ParseError -> 400
+            out.append((c, uri))
+        if len(out) > self.cfg.max_contacts:
+            raise Refusal(403, "Too Many Contacts")
+        return out
+
+    async def _update(
+        self,
+        incoming: IncomingRequest,
+        req: Request,
+        aor: str,
+        contacts: list[tuple[Address, SipURI]],
+    ) -> tuple[list[Binding], list[str]]:
+        cfg = self.cfg
+        header_expires = req.expires
+        wildcard = req.contact_wildcard
+        if wildcard and (header_expires != 0 or len(req.headers.get_all("contact")) != 1):
+            raise Refusal(400, "Contact * Needs Expires 0 And No Other Contact")
+        path = req.headers.get_all("path") if "path" in req.headers.get_all("supported") else []
+        src = incoming.source
+        source = f"{src.transport}:{src.host}:{src.port}"
+        call_id, cseq = req.call_id, req.cseq.number
+        wanted: list[tuple[SipURI, str, int, float]] = []  # uri, text, expires, q
+        for c, uri in contacts:
             expires = c.expires if c.expires is not None else header_expires
             if expires is None:
                 expires = cfg.default_expires
             if 0 < expires < cfg.min_expires:
-                incoming.respond(423, headers=[("Min-Expires", str(cfg.min_expires))])
-                return
-            expires = min(expires, cfg.max_expires)
-            key = str(c.uri)
-            old = updated.get(key)
-            if old is not None and old.call_id == req.call_id and req.cseq.number <= old.cseq:
-                incoming.respond(500, "Out Of Order CSeq")
-                return
-            if expires == 0:
-                updated.pop(key, None)
-                continue
-            src = incoming.source
-            updated[key] = Binding(
-                contact=key,
-                expires_at=now + expires,
-                q=c.q if c.q is not None else 1.0,
-                call_id=req.call_id,
-                cseq=req.cseq.number,
-                path=path,
-                source=f"{src.transport}:{src.host}:{src.port}",
-                node=self.node,
-            )
-        bindings = sorted(updated.values(), key=lambda b: -b.q)
-        await self.store.set_bindings(aor, bindings)
-        self.registrations += 1
-        self._ok(incoming, bindings, path)
+                raise Refusal(423, headers=[("Min-Expires", str(cfg.min_expires))])
+            q = c.q if c.q is not None else 1.0
+            wanted.append((uri, str(uri), min(expires, cfg.max_expires), q))
+        if wanted and not await self._room_for(aor):
+            raise Refusal(503, "Registrar Full", [("Retry-After", "60")])
+        now = time.time()
 
-    def _ok(
-        self, incoming: IncomingRequest, bindings: list[Binding], path: list[str] | None = None
-    ) -> None:
+        def change(current: list[Binding]) -> list[Binding]:
+            """§10.3 steps 6-8 on the live bindings; pure (the store may run it twice)."""
+            if wildcard:
+                if any(b.call_id == call_id and cseq <= b.cseq for b in current):
+                    raise Refusal(500, "Out Of Order CSeq")
+                return []
+            kept = list(current)
+            parsed = [_uri_of(b) for b in kept]
+            for uri, text, expires, q in wanted:
+                i = next((k for k, p in enumerate(parsed) if p == uri), None)
+                if i is not None:
+                    old = kept[i]
+                    if old.call_id == call_id and cseq <= old.cseq:
+                        raise Refusal(500, "Out Of Order CSeq")
+                    del kept[i], parsed[i]
+                if expires == 0:
+                    continue
+                kept.append(
+                    Binding(
+                        contact=text, expires_at=now + expires, q=q, call_id=call_id,
+                        cseq=cseq, path=path, source=source, node=self.node, updated_at=now,
+                    )
+                )  # fmt: skip
+                parsed.append(uri)
+            if len(kept) > cfg.max_contacts:
+                if cfg.max_contacts_action == "reject":
+                    raise Refusal(403, "Too Many Contacts")
+                kept.sort(key=lambda b: b.updated_at)
+                kept = kept[len(kept) - cfg.max_contacts :]  # the oldest refreshed go
+            return sorted(kept, key=lambda b: -b.q)
+
+        bindings = await self.store.update_bindings(aor, change)
+        return bindings, path
+
+    async def _room_for(self, aor: str) -> bool:
+        if await self.store.get_bindings(aor):
+            return True
+        return await self.store.count_aors() < self.cfg.max_aors
+
+    def _ok(self, incoming: IncomingRequest, bindings: list[Binding], path: list[str]) -> None:
         headers = [("Contact", f"<{b.contact}>;expires={b.expires_in()}") for b in bindings]
-        headers += [("Path", p) for p in path or []]
+        headers += [("Path", p) for p in path]
         headers.append(("Date", formatdate(usegmt=True)))
         incoming.respond(200, headers=headers)
 
     async def lookup(self, aor: str) -> list[Binding]:
         return await self.store.get_bindings(aor)
+
+
+def _uri_of(binding: Binding) -> SipURI | None:
+    try:
+        uri = parse_uri(binding.contact)
+    except ParseError:
+        return None
+    return uri if isinstance(uri, SipURI) else None

@@ -1,10 +1,15 @@
 """The edge: where each request goes (RFC 3261 §16.3–16.5), and the pieces around it.
 
-Order of decisions for a request outside a dialog: Max-Forwards (483), loop (482),
-Proxy-Require (420), URI scheme (416), our own Routes popped; then REGISTER for a served
-domain -> registrar; OPTIONS to the edge itself -> 200; a Request-URI matching a pool ->
-dispatcher; a user of a served domain -> its registered contacts; anything else -> 403
-(the edge is not an open relay).
+Order of decisions: a CANCEL no transaction matched (481); Max-Forwards (483), loop (482),
+Proxy-Require (420), URI scheme (416); then the anti-relay rules of
+:meth:`EdgeServer._routing_verdict` (our Routes popped and their signature checked, a
+foreign preloaded Route or ``maddr`` refused, an in-dialog request without our signed
+Route answered 404); then REGISTER for a served domain -> registrar; OPTIONS to the
+edge itself -> 200; a Request-URI matching a pool -> dispatcher; a user of a served
+domain -> its registered contacts; anything else -> 403 (the edge is not an open relay).
+
+The edge's own refusals are stateless (no transaction is held for them) and feed the
+guard's scanner detection. Every exception on a request's path still ends it with 500.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ import itertools
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
-from ..config import load_config
+from ..config import ConfigError, load_config
+from ..logs import LogThrottle
+from ..protection import Guard
 from ..sip.errors import ParseError
 from ..sip.headers import parse_address
 from ..sip.message import Request
@@ -31,17 +39,27 @@ from ..stack import IncomingRequest, SipStack, resolve_sip_uri
 from ..store import open_store
 from ..store.base import Binding
 from .config import EdgeConfig
+from .identity import LocalIdentity
 from .metrics import EdgeMetrics
 from .pools import ADMIN_STATES, DestinationRuntime, PoolRuntime
 from .prober import Prober
-from .protection import Guard
 from .proxy import Branch, Proxy, ProxyCall
 from .registrar import Registrar
+from .route_signature import PARAM as SIGNATURE
+from .route_signature import RouteSigner, load_secret
 from .status_page import STATUS_PAGE
 
 log = logging.getLogger("sipha.edge")
 
 CALL_MEMORY = 4 * 3600.0  # s an answered call is remembered for least-calls without a BYE
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"  # what the edge itself answers
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """A request the anti-relay rules let through."""
+
+    followed_ours: bool  # it carried a Route naming this edge (now popped)
 
 
 class EdgeServer:
@@ -49,27 +67,60 @@ class EdgeServer:
         self.config_path = Path(config_path).resolve()
         self.config: EdgeConfig = load_config(self.config_path, EdgeConfig)
         cfg = self.config
-        self.stack = SipStack(cfg.sip.listen, user_agent=cfg.sip.user_agent, proxy=True)
+        self.stack = SipStack(
+            cfg.sip.listen,
+            user_agent=cfg.sip.user_agent,
+            proxy=True,
+            tcp_header_timeout=cfg.sip.tcp_header_timeout,
+            max_connections_per_source=cfg.sip.max_connections_per_source,
+        )
         self.node = cfg.server.node_name or cfg.sip.listen[0]
         self.store = open_store(cfg.registrar.store, self.node)
-        self.registrar = Registrar(cfg.registrar, self.store, self.config_path.parent, self.node)
+        self.signer = RouteSigner(self._route_secret())
+        self.identity = LocalIdentity(
+            self.stack.listen_specs, cfg.sip.aliases, cfg.registrar.domains,
+            cfg.sip.record_route_host,
+        )  # fmt: skip
+        layer = self.stack.layer
+        self.guard = Guard(
+            cfg.protection,
+            lambda host: layer.size() if host is None else layer.server_count_from(host),
+        )
+        self.stack.guard = self.guard
+        self.registrar = Registrar(
+            cfg.registrar, self.store, self.config_path.parent, self.node,
+            is_us=lambda uri: self.identity.is_us(uri), guard=self.guard,
+            nonce_secret=None if self.signer.random_key else self.signer.derive(b"nonce"),
+        )  # fmt: skip
         self.pools = [PoolRuntime(p) for p in cfg.pool]
         self.proxy = Proxy(self)
         self.prober = Prober(self.stack, self._on_probe_change)
         self.metrics = EdgeMetrics()
-        self.guard = Guard(
-            cfg.protection, lambda: len(self.stack.layer.server) + len(self.stack.layer.client)
-        )
-        self.stack.request_filter = self.guard
-        self.stack.source_filter = self.guard.over_hard_limit
         self.stack.handler = self._on_request
-        self.stack.stray_handler = self._on_stray_response
         self.admin: AdminServer | None = None
         self._branch_ids = itertools.count(1)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._answered: dict[str, tuple[str, float]] = {}  # Call-ID -> (pool/index, when)
         self.counters: dict[str, int] = {}
+        self._relay_log = LogThrottle()
         self.started_at = time.time()
+
+    def _route_secret(self) -> bytes | None:
+        cfg = self.config
+        if cfg.sip.route_secret_file:
+            path = self.config_path.parent / cfg.sip.route_secret_file
+            try:
+                return load_secret(path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{self.config_path}: sip.route_secret_file: {exc}") from None
+        if cfg.registrar.store != "memory":
+            log.warning(
+                "no sip.route_secret_file: this node signs its Record-Route with a random key, "
+                "so the other nodes sharing %s will refuse the in-dialog requests of calls "
+                "set up through it; give every node the same secret file",
+                self.store.describe().get("url", "the store"),
+            )
+        return None
 
     # -- helpers -------------------------------------------------------------------------
     def next_branch_id(self) -> int:
@@ -80,25 +131,57 @@ class EdgeServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def spawn_for(self, pc: ProxyCall, coro: Coroutine[Any, Any, Any]) -> None:
+        """A task on a request's path: if it fails, the request still gets its answer."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("routing %s failed", pc.request.call_id, exc_info=t.exception())
+                self.proxy.reply(pc, 500, "Server Internal Error")
+
+        task.add_done_callback(done)
+
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def _is_us(self, uri: SipURI) -> bool:
-        host = uri.host.strip("[]")
-        shared = self.config.sip.record_route_host.lower()
-        for spec in self.stack.listen_specs:
-            if (host == spec.host or (shared and host.lower() == shared)) and (
-                uri.port or 5060
-            ) == spec.port:
-                return True
-        return False
+    def _refuse(
+        self,
+        incoming: IncomingRequest,
+        status: int,
+        reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """The edge's own refusals: stateless (no transaction held), and fed to the
+        guard's scanner detection."""
+        req = incoming.request
+        if req.method == "ACK":
+            return
+        incoming.respond_stateless(status, reason, headers=headers)
+        uri = req.uri
+        user = uri.user or "" if isinstance(uri, SipURI) else ""
+        self.guard.refused(incoming.source, req.method, user, time.monotonic())
+
+    def _deny_relay(self, incoming: IncomingRequest, why: str, reason: str) -> None:
+        req = incoming.request
+        self._count("relay_denied")
+        held = self._relay_log.allow(incoming.source.host, time.monotonic())
+        if held is not None:
+            more = f" ({held} more since)" if held else ""
+            log.info(
+                "relay denied (%s): %s %s from %s%s",
+                why, req.method, req.uri_text, incoming.source.host, more,
+            )  # fmt: skip
+        self._refuse(incoming, 403, reason)
 
     # -- requests ------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
         req = incoming.request
         if req.method == "ACK":
             if req.to.tag:
-                self.spawn(self._forward_ack(req))
+                self.spawn(self._forward_ack(incoming))
             return
         self.spawn(self._route(incoming))
 
@@ -113,55 +196,67 @@ class EdgeServer:
             log.info("%s %s: cannot route: %s", req.method, req.uri_text, exc)
             if not incoming.answered:
                 incoming.respond(502, "Next Hop Unreachable")
+        except Exception:  # every path ends its transaction: never leave 100 Trying alone
+            log.exception("routing %s %s failed", req.method, req.call_id)
+            if not incoming.answered:
+                incoming.respond(500, "Server Internal Error")
+
+    def _is_us(self, uri: SipURI) -> bool:
+        return self.identity.is_us(uri)
 
     async def _route_checked(self, incoming: IncomingRequest) -> None:
         req = incoming.request
+        if req.method == "CANCEL":
+            # a CANCEL whose INVITE is pending here was matched by the transaction layer
+            # (§9.2, §16.10); any other is answered, never forwarded
+            self._refuse(incoming, 481)
+            return
         uri = req.uri
         mf = req.max_forwards
         if mf == 0 and not (
             req.method == "OPTIONS" and isinstance(uri, SipURI) and self._is_us(uri)
         ):
-            incoming.respond(483)
+            self._refuse(incoming, 483)
             return
         if self.proxy.is_loop(req):
-            incoming.respond(482)
+            self._refuse(incoming, 482)
             return
         proxy_require = req.headers.get_all("proxy-require")
         if proxy_require:
-            incoming.respond(420, headers=[("Unsupported", ", ".join(proxy_require))])
+            self._refuse(incoming, 420, headers=[("Unsupported", ", ".join(proxy_require))])
             return
-        if uri.scheme not in ("sip", "sips"):
-            incoming.respond(416)
+        if not isinstance(uri, SipURI):
+            self._refuse(incoming, 416)
             return
-        if req.route and isinstance(uri, SipURI) and uri.user is None and self._is_us(uri):
-            # §16.4: a strict router put our Record-Route in the Request-URI; the real
-            # Request-URI is the last Route entry
-            last = req.headers.pop_last_value("Route")
-            if last is not None:
-                req.uri = parse_address(last, "Route").uri
-                uri = req.uri
-        ours = self._pop_own_routes(req)
-        if req.to.tag or req.route:
-            # a NOTIFY in a subscription we record-routed may be the one that creates the
-            # subscriber's dialog (it can overtake the 2xx, RFC 6665 §4.1.2.4): it carries
-            # our Record-Route so that dialog's route set goes through the edge too
-            await self._forward_in_dialog(incoming, record_route=ours and req.method == "NOTIFY")
+        trusted = self.guard.is_trusted(incoming.source.host)
+        verdict = self._routing_verdict(req, trusted)
+        if isinstance(verdict, tuple):
+            why, reason = verdict
+            if why == "not here":
+                self._refuse(incoming, 404, reason)
+            else:
+                self._deny_relay(incoming, why, reason)
             return
+        uri = req.uri
         assert isinstance(uri, SipURI)
+        if req.to.tag or req.route:
+            # in a dialog (verified) or a trusted peer's preloaded route. A NOTIFY in a
+            # subscription we record-routed may create the subscriber's dialog (it can
+            # overtake the 2xx, RFC 6665 §4.1.2.4): it gets our Record-Route too
+            await self._forward_in_dialog(
+                incoming, record_route=verdict.followed_ours and req.method == "NOTIFY"
+            )
+            return
         if req.method == "REGISTER" and self.registrar.serves(uri.host):
             await self.registrar.register(incoming)
             return
-        if (
-            req.method == "OPTIONS"
-            and (uri.user is None or self._is_us(uri))
-            and (self._is_us(uri) or self.registrar.serves(uri.host))
+        if req.method == "OPTIONS" and (
+            # to the edge itself: no user part, or any user at one of its addresses (an
+            # SBC probing sip:ivr@edge); a user at a served domain is that user's
+            (uri.user is None and (self._is_us(uri) or self.registrar.serves(uri.host)))
+            or (self._is_us(uri) and self.identity.is_address(uri.host))
         ):
-            incoming.respond(
-                200, headers=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER")]
-            )
-            return
-        if req.method == "CANCEL":
-            incoming.respond(481)
+            incoming.respond_stateless(200, headers=[("Allow", ALLOW)])
             return
         ruri_text = req.uri_text
         for pool in self.pools:
@@ -171,22 +266,75 @@ class EdgeServer:
         if self.registrar.serves(uri.host):
             await self._to_user(incoming, uri)
             return
-        self._count("relay_denied")
-        log.info("relay denied: %s %s from %s", req.method, ruri_text, incoming.source.host)
-        incoming.respond(403, "Relaying Denied")
+        self._deny_relay(incoming, "foreign Request-URI", "Relaying Denied")
 
-    def _pop_own_routes(self, req: Request) -> bool:
-        """§16.4: Route entries that name this edge are removed before forwarding; True
-        when there were any (the request follows a route set we are in)."""
-        popped = False
+    def _routing_verdict(self, req: Request, trusted: bool) -> Routing | tuple[str, str]:
+        """RFC 3261 §16.4 with the edge's anti-relay rules; mutates ``req`` (our Routes
+        popped, a strict router's Request-URI restored, our maddr stripped).
+
+        Returns how the request may go on, or (why, reason phrase) to refuse it: 404 for
+        an in-dialog request that is not for us to route ("not here", as Kamailio's
+        default script answers), else 403.
+        """
+        uri = req.uri
+        assert isinstance(uri, SipURI)
+        if uri.maddr is not None:
+            if self.identity.is_us_host(uri.maddr):
+                # §16.4: a maddr naming us is stripped, with the port and transport it implies
+                params = {k: v for k, v in uri.params.items() if k not in ("maddr", "transport")}
+                req.uri = uri = SipURI(
+                    uri.host, uri.user, uri.password, None, uri.scheme, params, uri.headers
+                )
+            elif not trusted:
+                return "maddr", "Relaying Denied"
+        tags = (req.from_.tag or "", req.to.tag or "")
+        verified = False
+        if req.route and uri.user is None and self._is_us(uri):
+            # §16.4: a strict router put our Record-Route in the Request-URI; the real
+            # Request-URI is the last Route entry
+            verified = self.signer.verify(uri.params.get(SIGNATURE), req.call_id, tags)
+            last = req.headers.pop_last_value("Route")
+            if last is not None:
+                req.uri = parse_address(last, "Route").uri
+                if not isinstance(req.uri, SipURI):
+                    return "strict route to a non-SIP URI", "Relaying Denied"
+        popped = self._pop_own_routes(req)
+        if popped is not None:
+            verified = verified or self.signer.verify(
+                popped.params.get(SIGNATURE), req.call_id, tags
+            )
+        in_dialog = bool(req.to.tag)
+        if in_dialog and not verified and not trusted:
+            if popped is not None:
+                return "route not signed by this edge", "Invalid Route"
+            if req.route:
+                return "foreign Route in a dialog", "Relaying Denied"
+            return "not here", "Not Here"
+        if not in_dialog and req.route and not trusted:
+            return "preloaded Route", "Preloaded Route Not Allowed"
+        if in_dialog or req.route:
+            target = req.route[0].uri if req.route else req.uri
+            if not isinstance(target, SipURI):
+                return "next hop is not a SIP URI", "Relaying Denied"
+            if target.maddr is not None and not trusted:
+                return "maddr in the next hop", "Relaying Denied"
+            if self.identity.is_us(target) or self.identity.is_local_name(target.host):
+                return "not here", "Not Here"  # never looked up in DNS: it is us
+        return Routing(followed_ours=popped is not None)
+
+    def _pop_own_routes(self, req: Request) -> SipURI | None:
+        """§16.4: Route entries that name this edge are removed before forwarding; the
+        first of them is returned (its signature says whether we wrote it)."""
+        first_popped: SipURI | None = None
         while req.route:
             first = req.route[0].uri
             if isinstance(first, SipURI) and self._is_us(first):
                 req.headers.pop_first_value("Route")
-                popped = True
+                if first_popped is None:
+                    first_popped = first
             else:
                 break
-        return popped
+        return first_popped
 
     # -- dispatcher ----------------------------------------------------------------------
     def _dispatch(self, incoming: IncomingRequest, pool: PoolRuntime) -> None:
@@ -204,7 +352,7 @@ class EdgeServer:
     def dispatch_to(self, pc: ProxyCall, dest: DestinationRuntime) -> None:
         pc.tried.add(dest.index)
         dest.calls += 1
-        self.spawn(self._send_to_destination(pc, dest))
+        self.spawn_for(pc, self._send_to_destination(pc, dest))
 
     async def _send_to_destination(self, pc: ProxyCall, dest: DestinationRuntime) -> None:
         try:
@@ -254,12 +402,18 @@ class EdgeServer:
     # -- registered users --------------------------------------------------------------------
     async def _to_user(self, incoming: IncomingRequest, uri: SipURI) -> None:
         users = self.registrar.users
+        hide = self.config.registrar.hide_users
         if users is not None and (uri.user or "") not in users:
-            incoming.respond(404, "User Not Found")
+            self._refuse(incoming, 404, "Not Found")
             return
         bindings = await self.registrar.lookup(uri.aor)
         if not bindings:
-            incoming.respond(480, "No Registered Contact")
+            # unknown and unregistered users alike unless configured otherwise, so that
+            # nobody can list the users by their answers
+            if hide:
+                self._refuse(incoming, 404, "Not Found")
+            else:
+                self._refuse(incoming, 480, "No Registered Contact")
             return
         pc = ProxyCall(incoming, incoming.request)
         groups: dict[float, list[Binding]] = {}
@@ -271,7 +425,10 @@ class EdgeServer:
             """Parallel forking within a q-value group, the groups in turn (RFC 3261 §16.6)."""
             if not pending or pc.cancelled:
                 return False
-            self.spawn(self._fork(pc, pending.pop(0)))
+            if len(pc.branches) >= self.config.sip.max_branches:
+                self._count("fork_capped")
+                return False
+            self.spawn_for(pc, self._fork(pc, pending.pop(0)))
             return True
 
         pc.on_exhausted = next_group
@@ -279,19 +436,46 @@ class EdgeServer:
         next_group()
 
     async def _fork(self, pc: ProxyCall, group: list[Binding]) -> None:
+        started = 0
         for b in group:
-            contact = parse_uri(b.contact)
-            if not isinstance(contact, SipURI):
+            if len(pc.branches) >= self.config.sip.max_branches:
+                self._count("fork_capped")
+                break
+            target = await self._contact_target(b)
+            if target is None:
                 continue
-            hop = contact
-            if b.path:
-                first = parse_uri(b.path[0].strip().strip("<>").split(">")[0])
-                hop = first if isinstance(first, SipURI) else contact
-            target = await resolve_sip_uri(hop)
-            if not b.path and b.source.startswith(("tcp:", "tls:")):
-                transport, host, port = b.source.split(":", 2)
-                target = Target(transport, host, int(port))  # reuse the registration's flow
+            contact = parse_uri(b.contact)
+            assert isinstance(contact, SipURI)
             self.proxy.forward(pc, contact, target, None, routes=b.path)
+            started += 1
+        if not started:
+            self.proxy._next_or_finish(pc, Branch(Target("udp", "0.0.0.0", 0), None), None)
+
+    async def _contact_target(self, b: Binding) -> Target | None:
+        """Where a binding is reached: its TCP/TLS flow while it lives (§10, RFC 5626),
+        else its Path or Contact; never this edge itself (a fork that comes back)."""
+        contact = parse_uri(b.contact)
+        if not isinstance(contact, SipURI):
+            return None
+        hop = contact
+        if b.path:
+            first = parse_uri(b.path[0].strip().strip("<>").split(">")[0])
+            hop = first if isinstance(first, SipURI) else contact
+        if not b.path and b.source.startswith(("tcp:", "tls:")):
+            transport, host, port = b.source.split(":", 2)
+            return Target(transport, host.strip("[]"), int(port))  # the registration's flow
+        if self.identity.is_us(hop) or self.identity.is_local_name(hop.host):
+            self._count("fork_to_self_refused")
+            return None
+        try:
+            target = await resolve_sip_uri(hop)
+        except OSError as exc:
+            log.info("contact %s of a registered user: cannot resolve: %s", b.contact, exc)
+            return None
+        if self.identity.is_us_target(target):
+            self._count("fork_to_self_refused")
+            return None
+        return target
 
     # -- in-dialog ---------------------------------------------------------------------------
     async def _forward_in_dialog(
@@ -305,23 +489,20 @@ class EdgeServer:
         self.proxy.start(pc)
         self.proxy.forward(pc, None, target, None)
 
-    async def _forward_ack(self, req: Request) -> None:
-        self._pop_own_routes(req)
+    async def _forward_ack(self, incoming: IncomingRequest) -> None:
+        """The ACK of a 2xx goes end to end, by the same rules as any in-dialog request;
+        one that may not be forwarded is dropped (an ACK is never answered)."""
+        req = incoming.request
         try:
+            verdict = self._routing_verdict(req, self.guard.is_trusted(incoming.source.host))
+            if isinstance(verdict, tuple):
+                if verdict[0] != "not here":
+                    self._count("relay_denied")
+                return
             target = await self.proxy.next_hop(req)
-        except (OSError, ValueError):
+        except (OSError, ValueError, ParseError):
             return
         self.proxy.forward_stateless(req, target)
-
-    def _on_stray_response(self, response: Any, source: Target) -> None:
-        """A 2xx retransmission after our client transaction ended: forward it by Via."""
-        if len(response.via) < 2:
-            return
-        response.headers.pop_first_value("Via")
-        via = response.via[0]
-        host = via.received or via.host.strip("[]")
-        port = via.rport or via.port or 5060
-        self.stack.send_stateless(response, Target(via.transport.lower(), host, port))
 
     # -- admin -------------------------------------------------------------------------------
     async def set_destination_state(
@@ -364,11 +545,11 @@ class EdgeServer:
             "registered_aors": len(regs),
             "store": self.store.describe(),
             "counters": dict(self.counters),
-            "protection": {
-                "limited": self.guard.limited,
-                "dropped": self.guard.dropped,
-                "scanners": self.guard.scanners,
-                "overload": self.guard.overload,
+            "protection": self.guard.counters(),
+            "registrar": {
+                "auth_failures": self.registrar.auth_failures,
+                "throttled": self.registrar.throttle.refused,
+                "refused": dict(self.registrar.refused),
             },
             "transactions": len(self.stack.layer.server) + len(self.stack.layer.client),
             "uptime": time.time() - self.started_at,
@@ -438,6 +619,11 @@ class EdgeServer:
     async def start(self) -> None:
         await self.store.start()
         await self.stack.start()
+        cfg = self.config
+        self.identity = LocalIdentity(
+            self.stack.listen_specs, cfg.sip.aliases, cfg.registrar.domains,
+            cfg.sip.record_route_host,
+        )  # fmt: skip
         self.admin = await start_admin(self.config_path, self.config.admin, self.admin_routes())
         self.prober.start(self.pools)
         self.spawn(self._sync_shared_state())

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..logs import LogThrottle
 from ..sip.errors import ParseError
 from ..sip.framing import MAX_MESSAGE_SIZE, KeepAlive, StreamFramer
 from ..sip.transaction import Target
@@ -32,6 +35,12 @@ IDLE_TIMEOUT = (
     300.0  # s; an idle TCP/TLS connection is closed (Kamailio tcp_connection_lifetime-like)
 )
 CONNECT_TIMEOUT = 10.0  # s; a TCP connect that takes longer is a transport error
+# s from a message's first byte to its last on TCP/TLS (Kamailio tcp_msg_read_timeout: 20)
+MESSAGE_READ_TIMEOUT = 10.0
+MAX_CONNECTIONS_PER_SOURCE = 100
+ACCEPT_RETRY = 0.5  # s to wait when accept() fails for lack of file descriptors
+BACKLOG = 1024
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 @dataclass
@@ -43,6 +52,9 @@ class TransportStats:
     send_errors: int = 0
     connections_opened: int = 0
     connections_lost: int = 0
+    read_timeouts: int = 0  # connections closed: a message took too long to arrive
+    refused_per_source: int = 0  # connections closed at accept: the source holds too many
+    accept_errors: int = 0  # accept() failed (out of file descriptors...)
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -85,7 +97,13 @@ class _Udp(asyncio.DatagramProtocol):
 class _Stream(asyncio.Protocol):
     """One TCP or TLS connection, server- or client-side."""
 
-    def __init__(self, manager: TransportManager, spec: ListenSpec, transport_name: str) -> None:
+    def __init__(
+        self,
+        manager: TransportManager,
+        spec: ListenSpec,
+        transport_name: str,
+        inbound_from: str | None = None,
+    ) -> None:
         self.manager = manager
         self.spec = spec
         self.name = transport_name
@@ -94,6 +112,9 @@ class _Stream(asyncio.Protocol):
         self.target: Target | None = None
         self.last_active = time.monotonic()
         self.closed = False
+        self.inbound_from = inbound_from  # the source address, for an accepted connection
+        self._partial_since: float | None = None  # a message has begun and not ended
+        self._read_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -102,7 +123,7 @@ class _Stream(asyncio.Protocol):
         self.manager._register(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        now = self.last_active = time.monotonic()
         m = self.manager
         try:
             frames = self.framer.feed(data)
@@ -111,6 +132,15 @@ class _Stream(asyncio.Protocol):
             log.warning("closing %s %s: %s", self.name, self.target, exc.reason)
             self.close()
             return
+        if self.framer.pending:
+            if self._partial_since is None or frames:  # a new message has begun
+                self._partial_since = now
+                if self._read_timer is None:
+                    self._read_timer = asyncio.get_running_loop().call_later(
+                        m.read_timeout, self._read_deadline
+                    )
+        else:
+            self._partial_since = None
         assert self.target is not None
         for frame in frames:
             if frame is KeepAlive.PING:
@@ -120,6 +150,27 @@ class _Stream(asyncio.Protocol):
             elif isinstance(frame, bytes):
                 m.stats.stream_messages_in += 1
                 m.on_message(frame, self.target, self.spec)
+
+    def _read_deadline(self) -> None:
+        """A message that does not complete in time: a slow-drip attacker, or a peer
+        stuck mid-message. Either way the connection is closed."""
+        self._read_timer = None
+        if self.closed or self._partial_since is None:
+            return
+        waited = time.monotonic() - self._partial_since
+        timeout = self.manager.read_timeout
+        if waited < timeout:
+            self._read_timer = asyncio.get_running_loop().call_later(
+                timeout - waited, self._read_deadline
+            )
+            return
+        self.manager.stats.read_timeouts += 1
+        self.manager.log_limited(
+            f"timeout:{self.target}",
+            "closing %s %s: a message took over %g s to arrive (%d bytes so far)",
+            self.name, self.target, timeout, self.framer.pending,
+        )  # fmt: skip
+        self.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -132,6 +183,11 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        if self.inbound_from is not None:
+            self.manager._inbound_closed(self.inbound_from)
         self.manager._unregister(
             self, "connection closed" if exc is None else f"connection lost: {exc}"
         )
@@ -158,6 +214,8 @@ class TransportManager:
         ssl_server: ssl.SSLContext | None = None,
         ssl_client: ssl.SSLContext | None = None,
         on_pong: Callable[[Target], None] | None = None,
+        read_timeout: float = MESSAGE_READ_TIMEOUT,
+        max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
     ) -> None:
         self.on_message = on_message
         self.on_failure = on_failure
@@ -166,10 +224,15 @@ class TransportManager:
         self.idle_timeout = idle_timeout
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
+        self.read_timeout = read_timeout
+        self.max_connections_per_source = max_connections_per_source
         self.listeners: list[ListenSpec] = []
         self.stats = TransportStats()
         self._udp: list[_Udp] = []
-        self._servers: list[asyncio.base_events.Server] = []
+        self._listen_socks: list[socket.socket] = []
+        self._acceptors: list[asyncio.Task[None]] = []
+        self._inbound: dict[str, int] = {}  # accepted connections open per source address
+        self._log_throttle = LogThrottle(period=10.0)
         self._conns: dict[Target, _Stream] = {}
         self._pending: dict[Target, _Pending] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -189,22 +252,96 @@ class TransportManager:
         else:
             if spec.transport == "tls" and self.ssl_server is None:
                 raise ValueError(f"{spec}: a TLS listener needs a certificate and key")
-            holder: list[ListenSpec] = [spec]
-            server = await loop.create_server(
-                lambda: _Stream(self, holder[0], spec.transport),
-                spec.host,
-                spec.port,
-                ssl=self.ssl_server if spec.transport == "tls" else None,
-                reuse_address=True,
-            )
-            port = server.sockets[0].getsockname()[1]
-            bound = spec._replace(port=port)
-            holder[0] = bound
-            self._servers.append(server)
+            family = socket.AF_INET6 if spec.family_v6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if spec.family_v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((spec.host, spec.port))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            bound = spec._replace(port=sock.getsockname()[1])
+            self._listen_socks.append(sock)
+            self._acceptors.append(asyncio.create_task(self._accept_loop(sock, bound)))
         self.listeners.append(bound)
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_idle())
         return bound
+
+    async def _accept_loop(self, sock: socket.socket, spec: ListenSpec) -> None:
+        """Accept TCP/TLS connections ourselves, so that running out of file descriptors
+        is logged and counted (asyncio would only reset them) and a source over its
+        connection limit is turned away before any protocol object exists."""
+        loop = asyncio.get_running_loop()
+        ctx = self.ssl_server if spec.transport == "tls" else None
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    if sock.fileno() < 0:
+                        return  # closed
+                    log.warning("accept on %s failed: %s", spec, describe_os_error(exc))
+                    await asyncio.sleep(ACCEPT_RETRY)
+                    continue
+                self.stats.accept_errors += 1
+                self.log_limited(
+                    f"accept:{spec}",
+                    "cannot accept a %s connection on %s: %s (open files limit: raise "
+                    "LimitNOFILE / ulimit -n); retrying in %g s",
+                    spec.transport.upper(), spec, describe_os_error(exc), ACCEPT_RETRY,
+                    level=logging.ERROR,
+                )  # fmt: skip
+                await asyncio.sleep(ACCEPT_RETRY)
+                continue
+            host = str(addr[0])
+            if self._inbound.get(host, 0) >= self.max_connections_per_source:
+                self.stats.refused_per_source += 1
+                self.log_limited(
+                    f"per-source:{host}",
+                    "refusing a %s connection from %s: it already holds %d (its limit)",
+                    spec.transport.upper(), host, self._inbound[host],
+                )  # fmt: skip
+                conn.close()
+                continue
+            self._inbound[host] = self._inbound.get(host, 0) + 1
+            conn.setblocking(False)
+            task = asyncio.create_task(self._adopt(conn, spec, host, ctx))
+            task.add_done_callback(_log_task_error)
+
+    async def _adopt(
+        self, conn: socket.socket, spec: ListenSpec, host: str, ctx: ssl.SSLContext | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: _Stream(self, spec, spec.transport, inbound_from=host),
+                conn,
+                ssl=ctx,
+                ssl_handshake_timeout=self.read_timeout if ctx is not None else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self._inbound_closed(host)  # no protocol was made: release its place here
+            conn.close()
+            log.debug("%s connection from %s not set up: %s", spec.transport, host, exc)
+
+    def _inbound_closed(self, host: str) -> None:
+        left = self._inbound.get(host, 1) - 1
+        if left > 0:
+            self._inbound[host] = left
+        else:
+            self._inbound.pop(host, None)
+
+    def log_limited(self, key: str, msg: str, *args: object, level: int = logging.WARNING) -> None:
+        """Log at most once per 10 s per key (a flood must not become a log flood)."""
+        held = self._log_throttle.allow(key, time.monotonic())
+        if held is not None:
+            suffix = f" ({held} more since)" if held else ""
+            log.log(level, msg + suffix, *args)
 
     def local_for(self, transport: str, v6: bool = False) -> ListenSpec:
         """The listener whose address goes into Via/Contact for this transport."""
@@ -345,8 +482,15 @@ class TransportManager:
         for u in self._udp:
             if u.transport is not None:
                 u.transport.close()
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
+        for task in self._acceptors:
+            task.cancel()
+        for task in self._acceptors:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sock in self._listen_socks:
+            sock.close()
+
+
+def _log_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("setting up a connection failed", exc_info=task.exception())

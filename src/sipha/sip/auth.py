@@ -169,7 +169,15 @@ HA1Lookup = Callable[[str, str, str], str | None]
 
 
 class DigestServer:
-    """Issues and checks digest challenges for one realm."""
+    """Issues and checks digest challenges for one realm.
+
+    With ``qop`` (the default) every challenge offers ``qop="auth"`` and an answer
+    without qop is refused (RFC 7616 §3.4: a server that offered qop must not accept the
+    RFC 2069 form, which has no nonce count and so no replay protection); a nonce may be
+    reused with a growing nonce count. Without ``qop`` (for clients too old for it) each
+    nonce is accepted once: a second use earns ``stale=true`` and a fresh nonce.
+    ``-sess`` algorithms are never offered, so never accepted.
+    """
 
     def __init__(
         self,
@@ -178,12 +186,14 @@ class DigestServer:
         secret: bytes | None = None,
         nonce_ttl: float = NONCE_TTL,
         algorithms: tuple[str, ...] = PREFERENCE,
+        qop: bool = True,
     ) -> None:
         self.realm = realm
         self.secret = secret or secrets.token_bytes(32)
         self.nonce_ttl = nonce_ttl
         self.algorithms = algorithms
-        self._seen_nc: dict[str, tuple[int, float]] = {}
+        self.qop = qop
+        self._seen: dict[str, tuple[int, float]] = {}  # nonce -> (last nonce count, issued)
 
     def make_nonce(self, now: float) -> str:
         stamp = struct.pack(">d", now) + secrets.token_bytes(8)
@@ -203,22 +213,16 @@ class DigestServer:
             return None
         return float(struct.unpack(">d", stamp[:8])[0])
 
-    def challenge(
-        self, now: float, *, stale: bool = False, algorithms: tuple[str, ...] | None = None
-    ) -> list[str]:
-        """Header values for WWW-Authenticate / Proxy-Authenticate, strongest first;
-        ``algorithms`` narrows the offer (e.g. to those a user has an HA1 for)."""
+    def challenge(self, now: float, *, stale: bool = False) -> list[str]:
+        """Header values for WWW-Authenticate / Proxy-Authenticate, in the configured
+        order; the same offer for everyone (no hint about which users exist)."""
         nonce = self.make_nonce(now)
-        out = []
-        offer = self.algorithms if algorithms is None else algorithms
-        for algorithm in (a for a in self.algorithms if a in offer):
-            value = (
-                f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"'
-            )
-            if stale:
-                value += ", stale=true"
-            out.append(value)
-        return out
+        qop = ', qop="auth"' if self.qop else ""
+        tail = ", stale=true" if stale else ""
+        return [
+            f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={a}{qop}{tail}'
+            for a in self.algorithms
+        ]
 
     def verify(
         self, request: Request, now: float, lookup: HA1Lookup, *, proxy: bool = False
@@ -234,12 +238,25 @@ class DigestServer:
             return self._check(request, params, now, lookup)
         return AuthResult(AuthOutcome.MISSING, reason="no credentials")
 
+    @staticmethod
+    def username(request: Request, *, proxy: bool = False) -> str | None:
+        """The user name the credentials claim, unchecked (for throttling by user)."""
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        for value in request.headers.get_all(header):
+            try:
+                scheme, params = parse_challenge(value)
+            except ParseError:
+                continue
+            if scheme.lower() == "digest" and "username" in params:
+                return params["username"]
+        return None
+
     def _check(
         self, request: Request, p: dict[str, str], now: float, lookup: HA1Lookup
     ) -> AuthResult:
         user = p.get("username", "")
         algorithm = p.get("algorithm", "MD5")
-        if algorithm.removesuffix("-sess") not in self.algorithms or not _supported(algorithm):
+        if algorithm not in self.algorithms:
             return AuthResult(AuthOutcome.FAILED, user, f"algorithm {algorithm} not offered")
         nonce = p.get("nonce", "")
         issued = self._nonce_time(nonce)
@@ -247,35 +264,42 @@ class DigestServer:
             return AuthResult(AuthOutcome.FAILED, user, "nonce not issued here")
         if p.get("uri") != request.uri_text:
             return AuthResult(AuthOutcome.FAILED, user, "digest uri differs from Request-URI")
-        h1 = lookup(user, self.realm, algorithm.removesuffix("-sess"))
+        qop = p.get("qop")
+        if self.qop and qop is None:
+            return AuthResult(AuthOutcome.FAILED, user, "no qop although qop=auth was offered")
+        if qop is not None and (qop != "auth" or not self.qop):
+            return AuthResult(AuthOutcome.FAILED, user, f"qop {qop} not offered")
+        h1 = lookup(user, self.realm, algorithm)
         if h1 is None:
             return AuthResult(AuthOutcome.FAILED, user, "unknown user")
-        qop = p.get("qop")
         nc_text = p.get("nc", "")
         cnonce = p.get("cnonce", "")
-        if qop is not None and qop != "auth":
-            return AuthResult(AuthOutcome.FAILED, user, f"qop {qop} not offered")
         expected = _response(
             algorithm, h1, nonce, request.method, p.get("uri", ""), qop, nc_text, cnonce
         )
-        if not hmac.compare_digest(expected, p.get("response", "")):
+        given = p.get("response", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(expected.encode(), given):
             return AuthResult(AuthOutcome.FAILED, user, "wrong credentials")
         if now - issued > self.nonce_ttl:
             return AuthResult(AuthOutcome.STALE, user, "nonce expired")
+        last = self._seen.get(nonce)
         if qop:
             try:
                 nc = int(nc_text, 16)
             except ValueError:
                 return AuthResult(AuthOutcome.FAILED, user, "bad nonce count")
-            last = self._seen_nc.get(nonce)
             if last is not None and nc <= last[0]:
                 return AuthResult(AuthOutcome.FAILED, user, "replayed nonce count")
-            self._seen_nc[nonce] = (nc, issued)
-            self._purge(now)
+        else:
+            if last is not None:  # one use per nonce without qop: a replay earns a new one
+                return AuthResult(AuthOutcome.STALE, user, "nonce already used")
+            nc = 1
+        self._seen[nonce] = (nc, issued)
+        self._purge(now)
         return AuthResult(AuthOutcome.OK, user)
 
     def _purge(self, now: float) -> None:
-        if len(self._seen_nc) < 1024:
+        if len(self._seen) < 1024:
             return
         limit = now - self.nonce_ttl
-        self._seen_nc = {n: v for n, v in self._seen_nc.items() if v[1] >= limit}
+        self._seen = {n: v for n, v in self._seen.items() if v[1] >= limit}

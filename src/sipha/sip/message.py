@@ -323,7 +323,7 @@ def make_response(
         if key in ("via", "from", "call-id", "cseq", "v", "f", "i"):
             h.add(name, value)
         elif key in ("to", "t"):
-            if to_tag and status != 100 and "tag" not in request.to.params:
+            if to_tag and status != 100 and not _has_tag(request, value):
                 value = f"{value};tag={to_tag}"
             h.add("To", value)
         elif (
@@ -339,6 +339,13 @@ def make_response(
     if body:
         h.add("Content-Type", content_type or "application/sdp")
     return Response(status, reason, h, body)
+
+
+def _has_tag(request: Request, to_value: str) -> bool:
+    try:
+        return "tag" in request.to.params
+    except ParseError:  # answering a request whose To is the problem: best effort
+        return ";tag=" in to_value.lower().replace(" ", "")
 
 
 # -- parsing ----------------------------------------------------------------------------

@@ -84,6 +84,8 @@ def parse_sdp(body: bytes) -> AudioDescription:
                     pts = [int(p) for p in parts[3:]]
                 except ValueError:
                     raise ParseError("bad SDP m= line", 488) from None
+                if not 0 <= port <= 65535 or any(not 0 <= pt <= 127 for pt in pts):
+                    raise ParseError("SDP m= port or payload type out of range", 488)
                 audio = AudioDescription(session_addr, port, pts, direction=direction)
                 in_audio = True
         elif kind == "a":
@@ -104,7 +106,22 @@ def parse_sdp(body: bytes) -> AudioDescription:
         raise ParseError("SDP has no audio stream", 488)
     if not audio.address:
         raise ParseError("SDP has no connection address", 488)
+    try:
+        ipaddress.ip_address(audio.address)
+    except ValueError:
+        raise ParseError("SDP c= is not an IP address", 488) from None
     return audio
+
+
+def acceptable_offer(offer: AudioDescription) -> AudioDescription:
+    """The offer if we can answer it (RFC 3264 §6: a common codec), else ParseError(488).
+
+    Checked when the INVITE arrives, so that a call we could never answer is refused
+    before any 18x, while an SBC can still route it elsewhere.
+    """
+    if offer.codec is None:
+        raise ParseError("no common codec (PCMU or PCMA) in the offer", 488)
+    return offer
 
 
 def build_sdp(

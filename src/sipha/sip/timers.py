@@ -12,6 +12,7 @@ from dataclasses import dataclass
 T1 = 0.5  # RFC 3261 §17.1.1.1: RTT estimate
 T2 = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE and responses
 T4 = 5.0  # RFC 3261 §17.1.2.2: maximum time a message stays in the network
+TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"; Kamailio fr_inv_timer-like
 TRANSACTION_TIMEOUT_RANGE_MS = (1, 32000)  # SIP Endpoint SDK sip_transaction_timeout
 
 
@@ -21,10 +22,15 @@ class TimerConfig:
     t2: float = T2
     t4: float = T4
     transaction_timeout: float | None = None  # seconds; None = the RFC's 64*T1
+    # server watchdog for an INVITE: no response from the TU for this long ends it with 500
+    # (re-armed by each provisional the TU sends, as a proxy re-arms Timer C)
+    timer_c: float = TIMER_C
 
     def __post_init__(self) -> None:
         if not 0 < self.t1 <= self.t2:
             raise ValueError("timers need 0 < T1 <= T2")
+        if self.timer_c <= 0:
+            raise ValueError("Timer C must be positive")
         if self.transaction_timeout is not None:
             lo, hi = TRANSACTION_TIMEOUT_RANGE_MS
             ms = self.transaction_timeout * 1000

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from .errors import ParseError
 from .headers import Headers
-from .ids import MAGIC_COOKIE
+from .ids import MAGIC_COOKIE, new_tag
 from .message import Message, Request, Response, make_response
 from .timers import TimerConfig
 
@@ -100,6 +100,17 @@ class TransactionTerminated:
     transaction: Transaction
 
 
+@dataclass(slots=True)
+class ServerAbandoned:
+    """The watchdog ended a server transaction the TU never answered: 500 was sent.
+
+    Every request must end with a final answer; this catches the paths that forgot
+    (a bug, an exception in a task nobody awaited) so the table cannot fill up.
+    """
+
+    transaction: ServerTransaction
+
+
 Event = (
     SendMessage
     | ResponseReceived
@@ -109,6 +120,7 @@ Event = (
     | TransactionTimeout
     | TransportError
     | TransactionTerminated
+    | ServerAbandoned
 )
 
 
@@ -281,18 +293,32 @@ class ServerTransaction(Transaction):
     _interval: float = 0.0
     ack_received: bool = False
     cancelled: bool = False
+    _tag: str | None = None
 
     @property
     def final_sent(self) -> bool:
         return self.last_response is not None and self.last_response.status >= 200
 
     def start(self, now: float, auto_trying: bool) -> None:
+        self._arm("W", self._watchdog_delay(), now)
         if self.is_invite:
             self.state = State.PROCEEDING
             if auto_trying:
                 self.respond(make_response(self.request, 100), now)
         else:
             self.state = State.TRYING
+
+    def _watchdog_delay(self) -> float:
+        """How long the TU may leave this transaction without a final answer.
+
+        INVITE: Timer C after the last provisional plus 64*T1, so a proxy's own Timer C
+        (CANCEL, then the 487) always ends the call first. Non-INVITE: 64*T1 + T4, by
+        when the client's Timer F has long fired.
+        """
+        cfg = self.layer.timers
+        if self.is_invite:
+            return cfg.timer_c + cfg.timer_h
+        return cfg.timer_j + cfg.t4
 
     def retransmission(self, now: float) -> None:
         """The same request arrived again: answer with the last response, if any."""
@@ -316,7 +342,10 @@ class ServerTransaction(Transaction):
         self._send(response)
         if status < 200:
             self.state = State.PROCEEDING
+            if status > 100 and self.is_invite:
+                self._arm("W", self._watchdog_delay(), now)
             return
+        self.timers.pop("W", None)
         if self.is_invite:
             if status < 300:
                 self.state = State.ACCEPTED
@@ -362,6 +391,21 @@ class ServerTransaction(Transaction):
             self._terminate()
         elif name in ("I", "J"):
             self._terminate()
+        elif name == "W" and not self.final_sent and self.state is not State.TERMINATED:
+            self.layer.events.append(ServerAbandoned(self))
+            self.respond(make_response(self.request, 500, to_tag=self.tag), now)
+
+    @property
+    def tag(self) -> str | None:
+        """The To tag of every response this server gives (RFC 3261 §8.2.6.2), made on
+        first use; None when the request is in a dialog (its To already has one)."""
+        if self._tag is None and not self.request.to.tag:
+            self._tag = new_tag()
+        return self._tag
+
+    @tag.setter
+    def tag(self, value: str | None) -> None:
+        self._tag = value
 
 
 # -- the layer ----------------------------------------------------------------------------
@@ -422,6 +466,9 @@ class TransactionLayer:
         self.uas_2xx_retransmit = uas_2xx_retransmit
         self.client: dict[tuple[str, ...], ClientTransaction] = {}
         self.server: dict[tuple[str, ...], ServerTransaction] = {}
+        # live server transactions per source address: a guard gives each source a share
+        # of the table, so a few flooding addresses cannot take all of it
+        self.server_by_source: dict[str, int] = {}
         self._acks: dict[tuple[str, int, str], ServerTransaction] = {}
         self._heap: list[tuple[float, int, Transaction, str]] = []
         self._seq = 0
@@ -468,7 +515,7 @@ class TransactionLayer:
         txn = ServerTransaction(self, request, response_target(request, source), key)
         txn.source = source
         txn.retransmit_2xx = self.uas_2xx_retransmit
-        self.server[key] = txn
+        self._add_server(txn)
         txn.start(now, self.auto_trying)
         self.events.append(RequestReceived(txn, request, source))
 
@@ -481,15 +528,36 @@ class TransactionLayer:
         key = _server_key(cancel)
         txn = ServerTransaction(self, cancel, response_target(cancel, source), key)
         txn.source = source
-        self.server[key] = txn
+        self._add_server(txn)
         txn.start(now, False)
-        txn.respond(make_response(cancel, 200), now)
+        # §9.2: the 200 to the CANCEL carries the To tag the INVITE's answers carry
+        txn.respond(make_response(cancel, 200, to_tag=invite.tag), now)
         invite.cancelled = True
         self.events.append(CancelReceived(invite, cancel))
         return True
 
     def respond(self, txn: ServerTransaction, response: Response, now: float) -> None:
         txn.respond(response, now)
+
+    def respond_statelessly(self, txn: ServerTransaction, response: Response, now: float) -> None:
+        """Send a final answer and forget the transaction at once (Kamailio's sl_send_reply).
+
+        For the answers an element gives on its own (a challenge, a refusal): holding a
+        transaction 32 s for each would let a flood of cheap requests fill the table. A
+        retransmitted request is simply answered again; the ACK of a refused INVITE
+        reaches the TU, which drops it.
+        """
+        if response.status < 200:
+            raise ValueError("a stateless answer is final")
+        txn.respond(response, now)
+        txn._terminate()
+
+    def size(self) -> int:
+        """Live transactions, client and server: what a table limit bounds."""
+        return len(self.server) + len(self.client)
+
+    def server_count_from(self, host: str) -> int:
+        return self.server_by_source.get(host, 0)
 
     def transport_failed(self, target: Target, reason: str) -> int:
         """A connection to ``target`` broke or a send to it failed: fail its transactions."""
@@ -532,6 +600,12 @@ class TransactionLayer:
         elif isinstance(txn, ServerTransaction):
             if self.server.get(txn.key) is txn:
                 del self.server[txn.key]
+                host = txn.source.host
+                left = self.server_by_source.get(host, 1) - 1
+                if left > 0:
+                    self.server_by_source[host] = left
+                else:
+                    self.server_by_source.pop(host, None)
             if txn.is_invite:
                 try:
                     ack_key = _dialog_ack_key(txn.request)
@@ -539,6 +613,11 @@ class TransactionLayer:
                     return
                 if self._acks.get(ack_key) is txn:
                     del self._acks[ack_key]
+
+    def _add_server(self, txn: ServerTransaction) -> None:
+        self.server[txn.key] = txn
+        host = txn.source.host
+        self.server_by_source[host] = self.server_by_source.get(host, 0) + 1
 
     def _await_ack(self, txn: ServerTransaction) -> None:
         self._acks[_dialog_ack_key(txn.request)] = txn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ class Binding:
     path: list[str] = field(default_factory=list)  # RFC 3327 Path values, in order
     source: str = ""  # transport:host:port the REGISTER came from
     node: str = ""  # the edge node that took it
+    updated_at: float = 0.0  # epoch seconds of the REGISTER that last refreshed it
 
     def expires_in(self, now: float | None = None) -> int:
         return max(0, math.ceil(self.expires_at - (now if now is not None else time.time())))
@@ -32,11 +34,22 @@ class Binding:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+# Computes an AOR's new bindings from its live ones. It may run more than once (a
+# concurrent change elsewhere makes the store retry), so it must not have side effects;
+# it raises to refuse the change.
+BindingsChange = Callable[[list[Binding]], list[Binding]]
+
+
 class Store(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def get_bindings(self, aor: str) -> list[Binding]: ...
-    async def set_bindings(self, aor: str, bindings: list[Binding]) -> None: ...
+    async def update_bindings(self, aor: str, change: BindingsChange) -> list[Binding]:
+        """Apply ``change`` atomically: no other update of the AOR, on this node or
+        another, happens between its read and its write. Returns the new bindings."""
+        ...
+
+    async def count_aors(self) -> int: ...
     async def all_bindings(self) -> dict[str, list[Binding]]: ...
     async def get_admin_states(self) -> dict[str, str]: ...
     async def set_admin_state(self, key: str, state: str) -> None: ...

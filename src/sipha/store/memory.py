@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .base import Binding
+from .base import Binding, BindingsChange
 
 
 class MemoryStore:
@@ -13,6 +13,7 @@ class MemoryStore:
         self._bindings: dict[str, list[Binding]] = {}
         self._states: dict[str, str] = {}
         self._calls: dict[str, int] = {}
+        self._swept_at = 0.0
 
     async def start(self) -> None:
         return None
@@ -21,19 +22,36 @@ class MemoryStore:
         return None
 
     async def get_bindings(self, aor: str) -> list[Binding]:
-        now = time.time()
-        live = [b for b in self._bindings.get(aor, []) if b.expires_at > now]
+        live = self._live(aor, time.time())
         if live:
             self._bindings[aor] = live
         else:
             self._bindings.pop(aor, None)
         return list(live)
 
-    async def set_bindings(self, aor: str, bindings: list[Binding]) -> None:
+    def _live(self, aor: str, now: float) -> list[Binding]:
+        return [b for b in self._bindings.get(aor, []) if b.expires_at > now]
+
+    async def update_bindings(self, aor: str, change: BindingsChange) -> list[Binding]:
+        new = change(self._live(aor, time.time()))  # no await in between: atomic
+        self.put(aor, new)
+        return new
+
+    def put(self, aor: str, bindings: list[Binding]) -> None:
         if bindings:
             self._bindings[aor] = list(bindings)
         else:
             self._bindings.pop(aor, None)
+
+    async def count_aors(self) -> int:
+        """AORs with bindings; expired ones are swept at most once a minute (O(n))."""
+        now = time.time()
+        if now - self._swept_at >= 60.0:
+            self._swept_at = now
+            gone = [a for a, bs in self._bindings.items() if all(b.expires_at <= now for b in bs)]
+            for aor in gone:
+                del self._bindings[aor]
+        return len(self._bindings)
 
     async def all_bindings(self) -> dict[str, list[Binding]]:
         return {aor: await self.get_bindings(aor) for aor in list(self._bindings)}

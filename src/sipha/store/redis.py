@@ -15,14 +15,16 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
-from .base import Binding
+from .base import Binding, BindingsChange
 from .memory import MemoryStore
 
 log = logging.getLogger("sipha.store.redis")
 
 PREFIX = "sipha:"
+AORS = PREFIX + "aors"
+MAX_RETRIES = 50  # WATCH conflicts on one AOR before an update gives up
 TIMEOUT = 0.5  # s per Redis operation: routing must never wait long for the store
 
 
@@ -42,6 +44,7 @@ class RedisStore:
         self._pending_states: dict[str, str] = {}
         self._pending_calls: dict[str, int] = {}
         self._healer: asyncio.Task[None] | None = None
+        self.conflicts = 0  # updates retried because another node changed the AOR first
 
     async def start(self) -> None:
         try:
@@ -93,43 +96,91 @@ class RedisStore:
             del self._pending_calls[key]
 
     # -- registrations -----------------------------------------------------------------------
+    # One hash per AOR (field: Contact URI, value: the binding as JSON) and a sorted set of
+    # AORs scored by their last expiry, for counting. Every change is a WATCH/MULTI
+    # transaction on the AOR's hash, retried when another node changed it meanwhile.
+
+    @staticmethod
+    def _key(aor: str) -> str:
+        return PREFIX + "aor:" + aor  # 0.4 kept a JSON string under "reg:": not read
+
+    @staticmethod
+    def _decode(raw: dict[Any, Any], now: float) -> list[Binding]:
+        out = [Binding.from_dict(json.loads(v)) for v in raw.values()]
+        return sorted((b for b in out if b.expires_at > now), key=lambda b: -b.q)
+
+    def _queue_write(self, pipe: Any, aor: str, bindings: list[Binding]) -> None:
+        key = self._key(aor)
+        pipe.delete(key)
+        if bindings:
+            last = max(b.expires_at for b in bindings)
+            pipe.hset(key, mapping={b.contact: json.dumps(b.to_dict()) for b in bindings})
+            pipe.expireat(key, int(last) + 1)
+            pipe.zadd(AORS, {aor: last})
+        else:
+            pipe.zrem(AORS, aor)
+
     async def _write_bindings(self, aor: str, bindings: list[Binding]) -> None:
-        key = PREFIX + "reg:" + aor
-        if not bindings:
-            await self.client.delete(key)
-            return
-        ttl = max(1, int(max(b.expires_at for b in bindings) - time.time()) + 1)
-        await self.client.set(key, json.dumps([b.to_dict() for b in bindings]), ex=ttl)
+        async with self.client.pipeline(transaction=True) as pipe:
+            self._queue_write(pipe, aor, bindings)
+            await pipe.execute()
 
     async def get_bindings(self, aor: str) -> list[Binding]:
         if not self.down:
             try:
-                raw = await self.client.get(PREFIX + "reg:" + aor)
-                now = time.time()
-                bindings = [Binding.from_dict(d) for d in json.loads(raw)] if raw else []
-                live = [b for b in bindings if b.expires_at > now]
-                await self.local.set_bindings(aor, live)
+                live = self._decode(await self.client.hgetall(self._key(aor)), time.time())
+                self.local.put(aor, live)
                 return live
             except (RedisError, OSError) as exc:
                 self._outage(exc)
         return await self.local.get_bindings(aor)
 
-    async def set_bindings(self, aor: str, bindings: list[Binding]) -> None:
-        await self.local.set_bindings(aor, bindings)
+    async def update_bindings(self, aor: str, change: BindingsChange) -> list[Binding]:
         if not self.down:
             try:
-                await self._write_bindings(aor, bindings)
-                return
+                new = await self._update_shared(aor, change)
+                self.local.put(aor, new)
+                return new
             except (RedisError, OSError) as exc:
                 self._outage(exc)
-        self._pending_bindings[aor] = list(bindings)
+        new = await self.local.update_bindings(aor, change)
+        self._pending_bindings[aor] = list(new)
+        return new
+
+    async def _update_shared(self, aor: str, change: BindingsChange) -> list[Binding]:
+        key = self._key(aor)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_RETRIES):
+                try:
+                    await pipe.watch(key)
+                    current = self._decode(await pipe.hgetall(key), time.time())
+                    new = change(current)  # may raise: the registrar refuses the request
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    self._queue_write(pipe, aor, new)
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    self.conflicts += 1
+                    continue
+                finally:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+        raise RedisError(f"{aor}: still contended after {MAX_RETRIES} tries")
+
+    async def count_aors(self) -> int:
+        if not self.down:
+            try:
+                await self.client.zremrangebyscore(AORS, "-inf", time.time())
+                return int(await self.client.zcard(AORS))
+            except (RedisError, OSError) as exc:
+                self._outage(exc)
+        return await self.local.count_aors()
 
     async def all_bindings(self) -> dict[str, list[Binding]]:
         if not self.down:
             try:
                 out: dict[str, list[Binding]] = {}
-                async for key in self.client.scan_iter(match=PREFIX + "reg:*", count=500):
-                    aor = _text(key)[len(PREFIX) + 4 :]
+                for raw in await self.client.zrangebyscore(AORS, time.time(), "+inf"):
+                    aor = _text(raw)  # type: ignore[arg-type]
                     live = await self.get_bindings(aor)
                     if live:
                         out[aor] = live

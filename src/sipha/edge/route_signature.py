@@ -1,0 +1,55 @@
+"""A signature in the edge's Record-Route, so that only dialogs it set up go through it.
+
+An in-dialog request is forwarded on the strength of its Route header: without a check,
+anyone can write ``Route: <sip:edge;lr>, <sip:anywhere;lr>`` and use the edge as an open
+relay. The edge writes ``;sg=`` into its Record-Route: an HMAC-SHA256 (truncated to
+96 bits) of the Call-ID and the From tag of the request that set the dialog up. Later
+requests of that dialog carry the same Route; the edge recomputes the HMAC with either
+tag (requests from the callee have the tags the other way round) and forwards only on a
+match. A forged Route would need the key.
+
+The key comes from ``sip.route_secret_file`` and must be the same on every node of a
+cluster (a call set up through one node may continue through another). Without a file
+each process makes a random key: fine for one node, fatal for several (a warning says
+so at start-up when the store is shared).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+PARAM = "sg"  # the Record-Route URI parameter
+MIN_SECRET = 16  # bytes a route secret file must hold
+
+
+def load_secret(path: Path) -> bytes:
+    data = path.read_bytes().strip()
+    if len(data) < MIN_SECRET:
+        raise ValueError(f"{path}: a route secret needs at least {MIN_SECRET} bytes")
+    return data
+
+
+class RouteSigner:
+    def __init__(self, key: bytes | None = None) -> None:
+        self.random_key = key is None
+        self._key = key if key is not None else secrets.token_bytes(32)
+
+    def sign(self, call_id: str, tag: str) -> str:
+        text = f"{call_id}\n{tag}".encode("utf-8", "surrogateescape")
+        mac = hmac.new(self._key, text, hashlib.sha256).digest()[:12]
+        return base64.urlsafe_b64encode(mac).decode()
+
+    def verify(self, signature: str | None, call_id: str, tags: tuple[str, str]) -> bool:
+        """True when ``signature`` was made for this Call-ID and either dialog tag."""
+        if not signature:
+            return False
+        given = signature.encode("utf-8", "surrogateescape")
+        return any(hmac.compare_digest(given, self.sign(call_id, t).encode()) for t in tags)
+
+    def derive(self, label: bytes) -> bytes:
+        """A key for another purpose (digest nonces) that every node shares too."""
+        return hmac.new(self._key, label, hashlib.sha256).digest()
