@@ -72,7 +72,8 @@ async def sipha_edge(tmp: Path, dests: list[int]) -> AsyncIterator[int]:
     cfg = {
         "sip": {"listen": [f"udp:127.0.0.1:{port}"]},
         "admin": {"listen": ""},
-        "protection": {"rate": 100000, "burst": 100000, "hard_limit": 1000000},
+        "protection": {"rate": 100000, "burst": 100000, "hard_limit": 1000000,
+                       "max_transactions": 10**7, "max_transactions_per_source": 10**7},
         "pool": [
             {
                 "name": "ivr",

@@ -6,7 +6,8 @@ python examples/uas.py udp:127.0.0.1:5080 tcp:127.0.0.1:5080
 import asyncio
 import sys
 
-from sipha.stack import SipStack, install_uvloop
+from sipha.runtime import install_uvloop
+from sipha.stack import SipStack
 from sipha.ua import InboundCall, UserAgent, simple_sdp
 
 

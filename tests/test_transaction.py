@@ -51,7 +51,9 @@ def response_to(req: Request, status: int, tag: str | None = "tt") -> Response:
 
 
 def sends(events: list) -> list:  # type: ignore[type-arg]
-    return [e.message for e in events if isinstance(e, SendMessage)]
+    """What went on the wire (a retransmission's message object is gone: its bytes tell)."""
+    return [e.message if e.message is not None else parse(e.data)
+            for e in events if isinstance(e, SendMessage)]
 
 
 def fire_until(layer: TransactionLayer, until: float) -> list[float]:

@@ -185,7 +185,7 @@ def _positive_float(text: str) -> float:
 def _phone(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .endpoint.cli import run_phone
-    from .stack import install_uvloop
+    from .runtime import install_uvloop
 
     install_uvloop()
     try:
@@ -218,7 +218,7 @@ def _positive_int(text: str) -> int:
 
 def _run_role(role: str, config: str) -> int:
     from .config import ConfigError
-    from .stack import install_uvloop
+    from .runtime import install_uvloop
 
     if role == "edge":
         from .edge.server import run
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pathlib import Path
 
         from .demo.run import run_demo
-        from .stack import install_uvloop
+        from .runtime import install_uvloop
 
         install_uvloop()
         try:

@@ -27,11 +27,11 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
 from pydantic import Field, field_validator
 
 from .config import Strict
+from .sip.core import Admission, Verdict
 from .sip.message import Request
 from .sip.transaction import Target
 
@@ -77,14 +77,6 @@ class Protection(Strict):
         return [ipaddress.ip_network(n, strict=False) for n in self.trusted_peers]
 
 
-class Admission(Enum):
-    ADMIT = "admit"  # parse and process
-    LIMIT = "limit"  # parse only to answer 503 (a malformed one is dropped)
-    DROP = "drop"  # not even parsed
-
-
-# (status, extra headers); status 0 means drop silently
-Verdict = tuple[int, list[tuple[str, str]]]
 DROP: Verdict = (0, [])
 
 

@@ -1,12 +1,14 @@
-"""The engine: one asyncio SIP stack binding the sans-I/O core to the transports.
+"""The engine: the asyncio adapter around the sans-I/O core (:mod:`sipha.sip.core`).
 
-It feeds received bytes to the parser and the transaction layer, sends what the layer
-asks, keeps a single loop timer at the layer's next deadline, and offers the small UA
-API the roles build on: ``await stack.request(...)`` for a final response, a handler
-for new requests, ``respond()``.
+It feeds what the transports receive to the core, sends the datagrams the core gives
+back, re-arms one loop timer at the core's next deadline, and hands the core's events to
+the roles. That is all it does with the protocol: parsing, ingress policy (guard, Via
+stamping, 400/505) and the transactions are the core's.
 
-Nothing a peer sends can raise out of here: unparseable input is counted and dropped,
-a malformed request is answered 400 with the parser's reason.
+For the roles it offers: a handler for new requests (:class:`IncomingRequest` with
+``respond()``), client transactions with an owner that is told what happens (the
+proxy's path: no future, no task), ``await stack.request(...)`` for the UA code, and
+``cancel()``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Protocol, cast
 
-from .logs import LogThrottle
 from .net.address import ListenSpec, parse_listen
 from .net.transport import (
     IDLE_TIMEOUT,
@@ -27,12 +28,12 @@ from .net.transport import (
     MESSAGE_READ_TIMEOUT,
     TransportManager,
 )
-from .protection import Admission, Guard, Verdict
-from .sip.errors import ParseError, SipError
+from .sip.core import CoreStats, SipCore, SourceGuard, validate_fully
+from .sip.errors import SipError
 from .sip.framing import MAX_MESSAGE_SIZE
-from .sip.headers import Headers, Via
-from .sip.ids import new_branch, new_tag
-from .sip.message import Request, Response, make_response, parse
+from .sip.headers import Via
+from .sip.ids import new_branch
+from .sip.message import Request, Response, make_response
 from .sip.timers import TimerConfig
 from .sip.transaction import (
     CancelReceived,
@@ -40,7 +41,6 @@ from .sip.transaction import (
     Event,
     RequestReceived,
     ResponseReceived,
-    SendMessage,
     ServerAbandoned,
     ServerTransaction,
     StrayResponse,
@@ -49,7 +49,6 @@ from .sip.transaction import (
     TransactionTerminated,
     TransactionTimeout,
     TransportError,
-    response_target,
 )
 from .sip.uri import SipURI
 
@@ -79,30 +78,10 @@ class TransportFailure(SipError, ConnectionError):
         self.reason = reason
 
 
-def install_uvloop() -> bool:
-    """Use uvloop for new event loops when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
-
-
-@dataclass
-class StackStats:
-    requests_in: int = 0
-    responses_in: int = 0
-    bad_requests: int = 0  # answered 400/505
-    garbage: int = 0  # dropped: nothing could be answered
-    handler_errors: int = 0
-    abandoned: int = 0  # server transactions the watchdog ended (each one is a bug)
-
-
 class IncomingRequest:
     """A new request for the transaction user, with a way to answer it."""
 
-    __slots__ = ("_stack", "_to_tag", "cancelled", "request", "source", "transaction")
+    __slots__ = ("_cancelled", "_stack", "_to_tag", "on_cancel", "request", "source", "transaction")
 
     def __init__(
         self,
@@ -115,8 +94,27 @@ class IncomingRequest:
         self.request = request
         self.source = source
         self.transaction = transaction
-        self.cancelled = asyncio.Event()
+        self._cancelled: asyncio.Event | None = None
         self._to_tag: str | None = None
+        # called when a CANCEL matched this INVITE (a proxy cancels its branches): a
+        # callback, not a task waiting on an Event, on the hot path
+        self.on_cancel: Callable[[], None] | None = None
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set when a CANCEL matched this INVITE (made on first use: most never need it)."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+            txn = self.transaction
+            if txn is not None and txn.cancelled:
+                self._cancelled.set()
+        return self._cancelled
+
+    def _cancel_received(self) -> None:
+        if self._cancelled is not None:
+            self._cancelled.set()
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     @property
     def to_tag(self) -> str | None:
@@ -196,12 +194,45 @@ class IncomingRequest:
 RequestHandler = Callable[[IncomingRequest], object]
 
 
-@dataclass
+class ClientOwner(Protocol):
+    """Who a client transaction reports to (the proxy's Branch, or a future for the UA)."""
+
+    def on_provisional(self, response: Response) -> None: ...
+    def on_final(self, response: Response) -> None: ...
+    def on_2xx_again(self, response: Response) -> None: ...  # a retransmission, or a fork
+    def on_failure(self, error: TransactionTimeoutError | TransportFailure) -> None: ...
+
+
 class _Pending:
-    future: asyncio.Future[Response]
-    on_provisional: Callable[[Response], None] | None = None
-    on_retransmitted_2xx: Callable[[Response], None] | None = None
-    transaction: ClientTransaction | None = field(default=None)
+    """A client transaction awaited as a future (``send_request``, ``request``)."""
+
+    __slots__ = ("future", "provisional", "retransmitted_2xx")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Response],
+        provisional: Callable[[Response], None] | None,
+        retransmitted_2xx: Callable[[Response], None] | None,
+    ) -> None:
+        self.future = future
+        self.provisional = provisional
+        self.retransmitted_2xx = retransmitted_2xx
+
+    def on_provisional(self, response: Response) -> None:
+        if self.provisional is not None:
+            self.provisional(response)
+
+    def on_final(self, response: Response) -> None:
+        if not self.future.done():
+            self.future.set_result(response)
+
+    def on_2xx_again(self, response: Response) -> None:
+        if self.retransmitted_2xx is not None:
+            self.retransmitted_2xx(response)
+
+    def on_failure(self, error: TransactionTimeoutError | TransportFailure) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 class SipStack:
@@ -219,14 +250,15 @@ class SipStack:
         user_agent: str = USER_AGENT,
         auto_trying: bool = True,
         proxy: bool = False,
+        validate: Callable[[Request], None] = validate_fully,
         tcp_header_timeout: float = MESSAGE_READ_TIMEOUT,
         max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
     ) -> None:
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:127.0.0.1:0"])]
-        # a proxy neither retransmits 2xx itself nor ends a CANCELled INVITE with its own
-        # 487: it forwards the CANCEL and relays what the downstream side answers
         self.proxy = proxy
-        self.layer = TransactionLayer(timers, auto_trying=auto_trying, uas_2xx_retransmit=not proxy)
+        self.core = SipCore(
+            timers, proxy=proxy, auto_trying=auto_trying, validate=validate, user_agent=user_agent
+        )
         self.transports = TransportManager(
             self._on_message,
             self._on_transport_failure,
@@ -239,25 +271,37 @@ class SipStack:
             max_connections_per_source=max_connections_per_source,
         )
         self.user_agent = user_agent
-        self.stats = StackStats()
         self.handler: RequestHandler | None = None
-        self.stray_handler: Callable[[Response, Target], None] | None = None
         self.server_timeout_handler: Callable[[ServerTransaction], None] | None = None
+        # a response no client transaction matched (a UA re-ACKs a 2xx retransmission)
+        self.stray_handler: Callable[[Response, Target], None] | None = None
         # a flow (TCP/TLS connection, or a UDP send) failed, whether or not a transaction
         # was waiting on it: the endpoint re-registers elsewhere at once (SDK rule)
         self.flow_failure_handler: Callable[[Target, str], None] | None = None
         # a CRLF pong (RFC 5626 §4.4.1) arrived on a flow we pinged
         self.pong_handler: Callable[[Target], None] | None = None
-        # per-source limits: consulted for each request before it is parsed and again,
-        # parsed, before it reaches the transaction layer (sipha.protection)
-        self.guard: Guard | None = None
-        # one "bad request" log line per source per minute: a flood is not a log flood
-        self._bad_log = LogThrottle()
+        self.handler_errors = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._incoming: dict[int, IncomingRequest] = {}
         self._pumping = False
+
+    @property
+    def layer(self) -> TransactionLayer:
+        return self.core.layer
+
+    @property
+    def stats(self) -> CoreStats:
+        return self.core.stats
+
+    @property
+    def guard(self) -> SourceGuard | None:
+        """Per-source limits the core consults before and after parsing."""
+        return self.core.guard
+
+    @guard.setter
+    def guard(self, guard: SourceGuard | None) -> None:
+        self.core.guard = guard
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> SipStack:
@@ -295,123 +339,15 @@ class SipStack:
 
     # -- input path ------------------------------------------------------------------------
     def _on_message(self, data: bytes, source: Target, spec: ListenSpec) -> None:
-        admission = Admission.ADMIT
-        guard = self.guard
-        if guard is not None and not data.startswith(b"SIP/"):
-            admission = guard.admit(source, self.now)
-            if admission is Admission.DROP:
-                return
         try:
-            self._receive(data, source, spec, admission)
-        except Exception:
-            self.stats.garbage += 1
+            self.core.receive_datagram(data, source, self.now)
+        except Exception:  # nothing a peer sends may stop the stack
+            self.core.stats.garbage += 1
             log.exception("dropped a message from %s:%s", source.host, source.port)
         self._pump()
 
-    def _receive(
-        self, data: bytes, source: Target, spec: ListenSpec, admission: Admission
-    ) -> None:
-        try:
-            msg = parse(data, datagram=source.transport == "udp")
-        except ParseError as exc:
-            if admission is Admission.ADMIT:
-                self._answer_unparseable(data, source, exc)
-            else:
-                self.stats.garbage += 1
-            return
-        now = self.now
-        if isinstance(msg, Response):
-            self.stats.responses_in += 1
-            try:
-                msg.top_via  # noqa: B018
-                msg.cseq  # noqa: B018
-            except ParseError:
-                self.stats.garbage += 1
-                return
-            self.layer.receive_response(msg, source, now)
-            return
-        self.stats.requests_in += 1
-        try:
-            self._stamp_via(msg, source)
-            msg.validate()
-        except ParseError as exc:
-            if admission is Admission.ADMIT:
-                self._reject(msg, source, exc)
-            else:
-                self.stats.garbage += 1
-            return
-        if self.guard is not None and msg.method != "ACK":
-            if admission is Admission.LIMIT:
-                verdict: Verdict | None = self.guard.busy()
-            else:
-                verdict = self.guard.check(msg, source, now)
-            if verdict is not None:
-                status, headers = verdict
-                if status:
-                    resp = make_response(msg, status, to_tag=new_tag())
-                    for name, value in headers:
-                        resp.headers.add(name, value)
-                    self._send_response_stateless(msg, resp, source)
-                return
-        self.layer.receive_request(msg, source, now)
-
-    @staticmethod
-    def _stamp_via(request: Request, source: Target) -> None:
-        """RFC 3261 §18.2.1 received and RFC 3581 rport on the top Via."""
-        via = request.top_via
-        changed = False
-        if via.host.strip("[]") != source.host:
-            via.params["received"] = source.host
-            changed = True
-        if via.wants_rport:
-            via.params["rport"] = str(source.port)
-            changed = True
-        if changed:
-            request.headers.set_first_value("Via", str(via))
-
-    def _reject(self, request: Request, source: Target, exc: ParseError) -> None:
-        self.stats.bad_requests += 1
-        held = self._bad_log.allow(source.host, self.now)
-        if held is not None:
-            more = f" ({held} more since the last line)" if held else ""
-            log.info("bad request from %s:%s: %s%s", source.host, source.port, exc.reason, more)
-        if request.method == "ACK":
-            return
-        try:
-            resp = make_response(request, exc.status, exc.reason_phrase, to_tag=new_tag())
-            request.top_via  # noqa: B018
-            resp.headers.add("Server", self.user_agent)
-        except ParseError:
-            self.stats.garbage += 1
-            return
-        self._send_response_stateless(request, resp, source)
-
-    def _answer_unparseable(self, data: bytes, source: Target, exc: ParseError) -> None:
-        """A request that failed to parse still gets 400 when its essentials are readable."""
-        head = data[:4].upper()
-        if head.startswith(b"SIP/"):
-            self.stats.garbage += 1
-            return
-        try:
-            request = _salvage_request(data)
-        except (ParseError, ValueError, UnicodeError):
-            request = None
-        if request is None:
-            self.stats.garbage += 1
-            log.debug(
-                "dropped unparseable message from %s:%s: %s", source.host, source.port, exc.reason
-            )
-            return
-        self._reject(request, source, exc)
-
-    def _send_response_stateless(
-        self, request: Request, response: Response, source: Target
-    ) -> None:
-        target = response_target(request, source)
-        self.transports.send(bytes(response), target)
-
     def _on_transport_failure(self, target: Target, reason: str) -> None:
-        failed = self.layer.transport_failed(target, reason)
+        failed = self.core.transport_failed(target, reason)
         if failed:
             log.info("%s:%s %s: failed %d transaction(s)", target.host, target.port, reason, failed)
         self._pump()
@@ -424,24 +360,32 @@ class SipStack:
 
     # -- the pump --------------------------------------------------------------------------
     def _pump(self) -> None:
-        """Dispatch the layer's events, then re-arm the timer at its next deadline."""
+        """Send what the core has for the wire, give its events to the roles (which may
+        make more), then re-arm the timer at its next deadline."""
         if self._pumping:
             return
         self._pumping = True
+        core = self.core
+        send = self.transports.send
         try:
-            while self.layer.events:
-                for event in self.layer.drain():
+            while True:
+                for data, target in core.datagrams_to_send():
+                    send(data, target)
+                events = core.events()
+                if not events:
+                    break
+                for event in events:
                     try:
                         self._dispatch(event)
                     except Exception:
-                        self.stats.handler_errors += 1
+                        self.handler_errors += 1
                         log.exception("error handling %s", type(event).__name__)
         finally:
             self._pumping = False
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        deadline = self.layer.next_deadline()
+        deadline = self.core.get_timer()
         if deadline == self._timer_at:
             return
         if self._timer is not None:
@@ -454,53 +398,69 @@ class SipStack:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.layer.handle_timers(self.now)
+        self.core.handle_timer(self.now)
         self._pump()
 
     def _dispatch(self, event: Event) -> None:
-        if isinstance(event, SendMessage):
-            self.transports.send(bytes(event.message), event.target)
-        elif isinstance(event, ResponseReceived):
-            pending = event.transaction.owner
-            if not isinstance(pending, _Pending):
-                return
-            resp = event.response
-            if resp.status < 200:
-                if pending.on_provisional is not None:
-                    pending.on_provisional(resp)
-            elif not pending.future.done():
-                pending.future.set_result(resp)
-            elif pending.on_retransmitted_2xx is not None:
-                pending.on_retransmitted_2xx(resp)
-        elif isinstance(event, TransactionTimeout):
-            txn = event.transaction
-            if isinstance(txn, ClientTransaction):
-                _fail(txn, TransactionTimeoutError(txn.request, txn.target))
-            elif isinstance(txn, ServerTransaction) and self.server_timeout_handler is not None:
-                self.server_timeout_handler(txn)
-        elif isinstance(event, TransportError):
-            txn = event.transaction
-            if isinstance(txn, ClientTransaction):
-                _fail(txn, TransportFailure(txn.request, txn.target, event.reason))
-        elif isinstance(event, RequestReceived):
+        kind = type(event)
+        if kind is RequestReceived:
+            assert isinstance(event, RequestReceived)
             incoming = IncomingRequest(self, event.request, event.source, event.transaction)
             if event.transaction is not None:
                 event.transaction.owner = incoming
             self._deliver(incoming)
-        elif isinstance(event, CancelReceived):
-            owner = event.transaction.owner
-            if isinstance(owner, IncomingRequest):
-                owner.cancelled.set()
+        elif kind is ResponseReceived:
+            assert isinstance(event, ResponseReceived)
+            owner = _owner(event.transaction)
+            if owner is None:
+                return
+            resp = event.response
+            if resp.status < 200:
+                owner.on_provisional(resp)
+            elif not (client := event.transaction).final_delivered:
+                client.final_delivered = True
+                owner.on_final(resp)
+                # from now on the transaction only absorbs retransmissions; a 2xx to an
+                # INVITE still reports the retransmissions and forks to its owner
+                client.release()
+                if not (client.is_invite and resp.status < 300):
+                    client.owner = None
+            else:
+                owner.on_2xx_again(resp)
+        elif kind is TransactionTerminated:
+            event.transaction.owner = None  # type: ignore[union-attr] # breaks owner cycles
+        elif kind is TransactionTimeout:
+            assert isinstance(event, TransactionTimeout)
+            txn = event.transaction
+            if isinstance(txn, ClientTransaction):
+                if (owner := _owner(txn)) is not None:
+                    owner.on_failure(TransactionTimeoutError(txn.request, txn.target))
+            elif isinstance(txn, ServerTransaction) and self.server_timeout_handler is not None:
+                self.server_timeout_handler(txn)
+        elif kind is TransportError:
+            assert isinstance(event, TransportError)
+            failed = event.transaction
+            if (
+                isinstance(failed, ClientTransaction)
+                and not failed.final_delivered
+                and (owner := _owner(failed)) is not None
+            ):
+                owner.on_failure(TransportFailure(failed.request, failed.target, event.reason))
+        elif kind is CancelReceived:
+            assert isinstance(event, CancelReceived)
+            invite = event.transaction.owner
+            if isinstance(invite, IncomingRequest):
+                invite._cancel_received()
                 if not event.transaction.final_sent and not self.proxy:
-                    owner.respond(487)  # §9.2: the UAS core ends the INVITE
-        elif isinstance(event, StrayResponse):
+                    invite.respond(487)  # §9.2: the UAS core ends the INVITE
+        elif kind is StrayResponse:
+            assert isinstance(event, StrayResponse)
             if self.stray_handler is not None:
                 self.stray_handler(event.response, event.source)
-        elif isinstance(event, TransactionTerminated):
-            event.transaction.owner = None
-        elif isinstance(event, ServerAbandoned):
-            self.stats.abandoned += 1
-            req = event.transaction.request
+        elif kind is ServerAbandoned:
+            assert isinstance(event, ServerAbandoned)
+            self.core.stats.abandoned += 1
+            req = event.request
             log.error(
                 "no final answer to %s %s (Call-ID %s) from %s: ended with 500 by the watchdog",
                 req.method, req.uri_text, req.call_id, event.transaction.source.host,
@@ -520,7 +480,7 @@ class SipStack:
 
     def _handler_done(self, task: asyncio.Future[object]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self.stats.handler_errors += 1
+            self.handler_errors += 1
             log.error("request handler failed", exc_info=task.exception())
 
     # -- output API ------------------------------------------------------------------------
@@ -538,6 +498,18 @@ class SipStack:
             request.headers.add("User-Agent", self.user_agent)
         return request
 
+    def start_request(
+        self, request: Request, target: Target, owner: ClientOwner, *, add_via: bool = True
+    ) -> ClientTransaction:
+        """Start a client transaction that reports to ``owner`` (no future, no task)."""
+        assert self._loop is not None, "stack not started"
+        if add_via:
+            self.prepare_request(request, target)
+        txn = self.core.send_request(request, target, self.now)
+        txn.owner = owner
+        self._pump()
+        return txn
+
     def send_request(
         self,
         request: Request,
@@ -552,14 +524,9 @@ class SipStack:
         It fails with TransactionTimeoutError or TransportFailure.
         """
         assert self._loop is not None, "stack not started"
-        if add_via:
-            self.prepare_request(request, target)
         future: asyncio.Future[Response] = self._loop.create_future()
-        pending = _Pending(future, on_provisional, on_retransmitted_2xx)
-        txn = self.layer.send_request(request, target, self.now)
-        txn.owner = pending
-        pending.transaction = txn
-        self._pump()
+        owner = _Pending(future, on_provisional, on_retransmitted_2xx)
+        txn = self.start_request(request, target, owner, add_via=add_via)
         return txn, future
 
     async def request(
@@ -583,17 +550,15 @@ class SipStack:
 
     def send_stateless(self, message: Request | Response, target: Target) -> None:
         """Send outside any transaction: the ACK for a 2xx, a proxy's 2xx forward."""
-        self.transports.send(bytes(message), target)
+        self.core.send_stateless(message, target)
+        self._pump()
 
     def respond(
         self, txn: ServerTransaction, response: Response, *, stateless: bool = False
     ) -> None:
         """Send a response in a server transaction (a proxy relaying what it received);
         ``stateless``: a final answer after which the transaction is forgotten."""
-        if stateless:
-            self.layer.respond_statelessly(txn, response, self.now)
-        else:
-            self.layer.respond(txn, response, self.now)
+        self.core.respond(txn, response, self.now, stateless=stateless)
         self._pump()
 
     async def resolve_target(self, request: Request) -> Target:
@@ -608,10 +573,8 @@ class SipStack:
         return await resolve_sip_uri(uri)
 
 
-def _fail(txn: ClientTransaction, exc: Exception) -> None:
-    pending = txn.owner
-    if isinstance(pending, _Pending) and not pending.future.done():
-        pending.future.set_exception(exc)
+def _owner(txn: ClientTransaction) -> ClientOwner | None:
+    return cast("ClientOwner | None", txn.owner)
 
 
 async def resolve_sip_uri(uri: SipURI) -> Target:
@@ -629,33 +592,3 @@ async def resolve_sip_uri(uri: SipURI) -> Target:
     if not infos:
         raise OSError(f"cannot resolve {bare}")
     return Target(transport, str(infos[0][4][0]), port)
-
-
-def _salvage_request(data: bytes) -> Request | None:
-    """Read the fields a 400 needs from a request the strict parser refused."""
-    head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    lines = head.replace("\r\n", "\n").split("\n")
-    method = lines[0].split(" ", 1)[0] if lines and lines[0] else ""
-    if not method or not method.isalnum():
-        return None
-    h = Headers()
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep and name.strip().lower() in (
-            "via",
-            "v",
-            "from",
-            "f",
-            "to",
-            "t",
-            "call-id",
-            "i",
-            "cseq",
-        ):
-            h.add(name.strip(), value.strip())
-    req = Request(method, "sip:invalid", h)
-    for field_name in ("via", "from", "to", "call-id", "cseq"):
-        if field_name not in h:
-            return None
-    req.top_via  # noqa: B018 - raises when even the Via is unreadable
-    return req

@@ -162,8 +162,8 @@ async def test_answered_calls_without_bye_are_forgotten_after_call_memory(
                 ("CSeq", "1 INVITE"),
             )
             edge.call_answered(
-                ProxyCall(None, Request("INVITE", "sip:ivr@x", h), pool=edge.pools[0]), dest
-            )  # type: ignore[arg-type]
+                ProxyCall(edge.proxy, None, Request("INVITE", "sip:ivr@x", h), pool=edge.pools[0]), dest  # type: ignore[arg-type]
+            )
 
         answered("first")
         answered("second")

@@ -186,8 +186,11 @@ def test_hostile_bytes_through_the_edge(
     port = threaded_edge.edge.stack.local().port
     if over_tcp:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            for data in batch:
-                s.sendall(targeted(data, port))
+            try:
+                for data in batch:
+                    s.sendall(targeted(data, port))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a stream that cannot be framed is closed: that is the rule
     else:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for data in batch:

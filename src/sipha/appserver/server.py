@@ -27,6 +27,7 @@ from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, ConfigHolder
 from ..media.rtp import PortPool
 from ..protection import Guard
+from ..runtime import GcPolicy
 from ..sip.errors import ParseError
 from ..sip.message import reason_phrase
 from ..sip.transaction import ServerTransaction
@@ -308,7 +309,7 @@ class AppServer:
     def _on_server_timeout(self, txn: ServerTransaction) -> None:
         """No ACK for our 2xx within 64*T1 (§13.3.1.4): end the call with a BYE."""
         owner = txn.owner
-        if isinstance(owner, IncomingRequest) and txn.request.method == "INVITE":
+        if isinstance(owner, IncomingRequest) and txn.method == "INVITE":
             for call in list(self.calls.values()):
                 if call._incoming is owner and call.state == "answered" and not call.acked.is_set():
                     log.warning("no ACK for call %s: ending it", call.id)
@@ -448,8 +449,11 @@ async def run(config_path: Path | str) -> int:
     """``sipha appserver -c FILE``: run until SIGTERM/SIGINT, then drain."""
     server = AppServer(config_path)
     await server.start()
+    gc_policy = GcPolicy(server.stack.stats.activity)  # see sipha.runtime
+    gc_policy.start()
     await wait_for_stop_signal()
     await server.shutdown()
+    gc_policy.stop()
     return 0
 
 

@@ -21,8 +21,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -134,12 +135,18 @@ class Locator:
         self.queries = 0  # DNS queries actually sent (cache misses), for tests and metrics
 
     # -- the query, cached -------------------------------------------------------------------
+    def _cached(self, name: str, rdtype: str) -> list[object] | None:
+        hit = self._cache.get((name.lower(), rdtype))
+        if hit is not None and hit.expires > self.clock():
+            return hit.records
+        return None
+
     async def _query(self, name: str, rdtype: str) -> list[object]:
+        cached = self._cached(name, rdtype)
+        if cached is not None:
+            return cached
         key = (name.lower(), rdtype)
         now = self.clock()
-        hit = self._cache.get(key)
-        if hit is not None and hit.expires > now:
-            return hit.records
         self.queries += 1
         try:
             answer = await self.resolver.resolve(name, rdtype, search=False)
@@ -156,15 +163,45 @@ class Locator:
 
     async def addresses(self, name: str) -> list[str]:
         """A then AAAA records (IPv4 first: loopback test rigs and most SBCs are v4)."""
-        out: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            out += [r.address for r in await self._query(name, rdtype)]  # type: ignore[attr-defined]
-        return out
+        return await self._drive(_addresses(name))
 
     # -- RFC 3263 ----------------------------------------------------------------------------
     async def locate(self, uri: SipURI, transport: str | None = None) -> list[Target]:
         """Targets in the order to try them. ``transport`` is the caller's preference
         (a connection's ``protocol``); the URI's own ``transport`` parameter wins."""
+        return await self._drive(self._plan(uri, transport))
+
+    def locate_now(self, uri: SipURI, transport: str | None = None) -> list[Target] | None:
+        """``locate`` without waiting: the answer when every record it needs is cached (or
+        none is needed: an address, the hosts file), else None (call ``locate``).
+
+        The same plan runs, so SRV weights still draw per call; a proxy's hot path asks
+        this first and costs a few dict lookups.
+        """
+        plan = self._plan(uri, transport)
+        records: list[object] | None = None
+        try:
+            while True:
+                name, rdtype = plan.send(records)  # type: ignore[arg-type]
+                records = self._cached(name, rdtype)
+                if records is None:
+                    plan.close()
+                    return None
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _drive(self, plan: Generator[tuple[str, str], list[object], _T]) -> _T:
+        records: list[object] | None = None
+        try:
+            while True:
+                name, rdtype = plan.send(records)  # type: ignore[arg-type]
+                records = await self._query(name, rdtype)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _plan(self, uri: SipURI, transport: str | None) -> Plan[list[Target]]:
+        """RFC 3263 §4 as a plan: it yields the (name, type) queries it needs and is sent
+        their records, so that one piece of logic serves the cached and the awaited path."""
         forced = uri.transport
         if uri.secure and forced in (None, "tcp"):
             forced = "tls"
@@ -172,48 +209,35 @@ class Locator:
         host = (uri.maddr or uri.host).strip("[]")
         try:
             ipaddress.ip_address(host)
-            return [Target(want, host, uri.port or DEFAULT_PORT[want])]
+            return _done([Target(want, host, uri.port or DEFAULT_PORT[want])])
         except ValueError:
             pass
         if self.hosts is not None:
             local = self.hosts.lookup(host)
             if local:
                 port = uri.port or DEFAULT_PORT[want]
-                return [Target(want, a, port) for a in local]
+                return _done([Target(want, a, port) for a in local])
+        return self._plan_dns(uri, host, want, forced)
+
+    def _plan_dns(
+        self, uri: SipURI, host: str, want: str, forced: str | None
+    ) -> Plan[list[Target]]:
         if uri.port is not None:
-            return await self._a(host, want, uri.port)
+            return (yield from _a(host, want, uri.port))
         services: list[tuple[str, str]] = []  # (transport, SRV name)
         if forced is None:
-            services = await self._naptr(host, want, uri.secure)
+            services = _naptr((yield (host, "NAPTR")), want, uri.secure)
         if not services:
             order = [want] if forced else _preference(want, uri.secure)
             services = [(t, f"{SRV_PREFIX[t]}.{host}") for t in order]
         for t, srv_name in services:
-            targets = await self._srv(srv_name, t)
+            targets = yield from self._srv(srv_name, t)
             if targets:
                 return targets
-        return await self._a(host, want, DEFAULT_PORT[want])
+        return (yield from _a(host, want, DEFAULT_PORT[want]))
 
-    async def _a(self, host: str, transport: str, port: int) -> list[Target]:
-        addrs = await self.addresses(host)
-        if not addrs:
-            raise LocateError(f"{host}: no A/AAAA record")
-        return [Target(transport, a, port) for a in addrs]
-
-    async def _naptr(self, host: str, want: str, secure: bool) -> list[tuple[str, str]]:
-        records = await self._query(host, "NAPTR")
-        usable = []
-        for r in records:
-            service = r.service.decode().upper()  # type: ignore[attr-defined]
-            t = NAPTR_SERVICES.get(service)
-            if t is None or (secure and t != "tls") or r.flags.decode().lower() != "s":  # type: ignore[attr-defined]
-                continue
-            usable.append((r.order, t != want, r.preference, t, str(r.replacement).rstrip(".")))  # type: ignore[attr-defined]
-        usable.sort()
-        return [(t, name) for _, _, _, t, name in usable]
-
-    async def _srv(self, name: str, transport: str) -> list[Target]:
-        records = await self._query(name, "SRV")
+    def _srv(self, name: str, transport: str) -> Plan[list[Target]]:
+        records = yield (name, "SRV")
         out: list[Target] = []
         for r in self.srv_order(records):
             target = str(r.target).rstrip(".")  # type: ignore[attr-defined]
@@ -223,7 +247,7 @@ class Locator:
                 ipaddress.ip_address(target)
                 addrs = [target]
             except ValueError:
-                addrs = await self.addresses(target)
+                addrs = yield from _addresses(target)
             out += [Target(transport, a, r.port) for a in addrs]  # type: ignore[attr-defined]
         return out
 
@@ -248,6 +272,43 @@ class Locator:
                         ordered.append(group.pop(i))
                         break
         return ordered
+
+
+_T = TypeVar("_T")
+# a resolution step by step: yields (name, type) to query, is sent the records
+Plan = Generator[tuple[str, str], list[object], _T]
+
+
+def _done(targets: list[Target]) -> Plan[list[Target]]:
+    """A plan that needs no query."""
+    return targets
+    yield  # a generator all the same
+
+
+def _addresses(name: str) -> Plan[list[str]]:
+    out: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        out += [r.address for r in (yield (name, rdtype))]  # type: ignore[attr-defined]
+    return out
+
+
+def _a(host: str, transport: str, port: int) -> Plan[list[Target]]:
+    addrs = yield from _addresses(host)
+    if not addrs:
+        raise LocateError(f"{host}: no A/AAAA record")
+    return [Target(transport, a, port) for a in addrs]
+
+
+def _naptr(records: list[object], want: str, secure: bool) -> list[tuple[str, str]]:
+    usable = []
+    for r in records:
+        service = r.service.decode().upper()  # type: ignore[attr-defined]
+        t = NAPTR_SERVICES.get(service)
+        if t is None or (secure and t != "tls") or r.flags.decode().lower() != "s":  # type: ignore[attr-defined]
+            continue
+        usable.append((r.order, t != want, r.preference, t, str(r.replacement).rstrip(".")))  # type: ignore[attr-defined]
+    usable.sort()
+    return [(t, name) for _, _, _, t, name in usable]
 
 
 def _preference(want: str, secure: bool) -> list[str]:

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..appserver.config import AdminSection, SipSection
 from ..config import Strict, require_unique
+from ..dns.config import DnsSection
 from ..protection import Protection as Protection
 from ..sip.errors import ParseError
 from ..sip.uri import SipURI, parse_uri
@@ -162,6 +163,7 @@ class EdgeConfig(Strict):
     pool: list[Pool] = Field(default_factory=list)
     protection: Protection = Field(default_factory=Protection)
     server: EdgeServerSection = Field(default_factory=EdgeServerSection)
+    dns: DnsSection = Field(default_factory=DnsSection)  # pool destinations and next hops
 
     @field_validator("pool")
     @classmethod

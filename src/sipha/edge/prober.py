@@ -8,10 +8,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..dns.locator import Locator
 from ..sip.headers import Headers
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request
-from ..stack import SipStack, TransactionTimeoutError, TransportFailure, resolve_sip_uri
+from ..sip.uri import format_hostport
+from ..stack import SipStack, TransactionTimeoutError, TransportFailure
 from .pools import DestinationRuntime, PoolRuntime
 
 log = logging.getLogger("sipha.edge.prober")
@@ -19,10 +21,16 @@ log = logging.getLogger("sipha.edge.prober")
 
 class Prober:
     def __init__(
-        self, stack: SipStack, on_change: Callable[[PoolRuntime, DestinationRuntime, bool], None]
+        self,
+        stack: SipStack,
+        on_change: Callable[[PoolRuntime, DestinationRuntime, bool], None],
+        locator: Locator,
     ) -> None:
         self.stack = stack
         self.on_change = on_change
+        # each probe locates its destination (RFC 3263, TTL-cached), which keeps the answer
+        # fresh in the cache the dispatcher reads synchronously
+        self.locator = locator
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, pools: list[PoolRuntime]) -> None:
@@ -38,10 +46,10 @@ class Prober:
         self, pool: PoolRuntime, dest: DestinationRuntime
     ) -> tuple[bool, int | None, str, float | None]:
         uri = dest.uri
-        target = await resolve_sip_uri(uri)
-        local = self.stack.local(target.transport)
+        target = (await self.locator.locate(uri))[0]
+        local = self.stack.local(target.transport, ":" in target.host)
         h = Headers.of(
-            ("From", f"<sip:edge@{local.host}>;tag={new_tag()}"),
+            ("From", f"<sip:edge@{format_hostport(local.host, None)}>;tag={new_tag()}"),
             ("To", f"<{uri}>"),
             ("Call-ID", new_call_id()),
             ("CSeq", "1 OPTIONS"),

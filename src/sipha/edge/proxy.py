@@ -1,30 +1,37 @@
 """The transaction-stateful proxy (RFC 3261 §16) with serial dispatching over pools.
 
 One :class:`ProxyCall` per request the edge forwards: the server transaction towards the
-caller and one client transaction (branch) per destination tried. For pools it implements
-the alternative routing an SBC does: a final response in ``alternative_reasons``, no
-response within ``invite_timeout``, or a transport error sends the INVITE to the next
-destination; ``reroute_after_provisional`` decides what a relayed 18x changes.
+caller and one client transaction (:class:`Branch`) per destination tried. For pools it
+implements the alternative routing an SBC does: a final response in
+``alternative_reasons``, no response within ``invite_timeout``, or a transport error
+sends the INVITE to the next destination; ``reroute_after_provisional`` decides what a
+relayed 18x changes.
+
+The hot path has no task and no future: a Branch *is* its client transaction's owner
+and is called back; a CANCEL is a callback on the incoming request. Every reference
+cycle (call <-> branch, request <-> call) is cut when the call finishes or its
+transactions end, so these objects die by reference count and the garbage collector has
+nothing to walk on their account.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..sip.dialog import Dialog
 from ..sip.ids import MAGIC_COOKIE
 from ..sip.message import Request, Response
-from ..sip.transaction import ClientTransaction, Target
+from ..sip.transaction import ClientTransaction, ServerTransaction, Target
 from ..sip.uri import SipURI, format_hostport
-from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure, resolve_sip_uri
+from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure
 from .route_signature import PARAM as SIGNATURE
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .pools import DestinationRuntime, PoolRuntime
     from .server import EdgeServer
 
@@ -62,35 +69,100 @@ def best_response(responses: list[Response]) -> Response:
     return min(responses, key=lambda r: (r.status // 100, r.status))
 
 
-@dataclass(eq=False)
 class Branch:
-    target: Target
-    dest: DestinationRuntime | None
-    txn: ClientTransaction | None = None
-    future: asyncio.Future[Response] | None = None
-    provisional: bool = False  # any 1xx (100 included) came back
-    early: bool = False  # a 18x came back
-    abandoned: bool = False
-    cancel_pending: bool = False  # CANCEL as soon as a provisional shows the branch exists
-    timer: asyncio.TimerHandle | None = None
+    """One client transaction of a call, and the owner its transaction reports to."""
+
+    __slots__ = (
+        "abandoned",
+        "cancel_pending",
+        "dest",
+        "early",
+        "final",
+        "pc",
+        "provisional",
+        "target",
+        "timer",
+        "txn",
+    )
+
+    def __init__(self, pc: ProxyCall, target: Target, dest: DestinationRuntime | None) -> None:
+        self.pc = pc
+        self.target = target
+        self.dest = dest
+        self.txn: ClientTransaction | None = None
+        self.provisional = False  # any 1xx (100 included) came back
+        self.early = False  # a 18x came back
+        self.final = False  # a final response, a time-out or a transport error
+        self.abandoned = False
+        self.cancel_pending = False  # CANCEL as soon as a provisional shows the branch exists
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pending(self) -> bool:
+        return not self.abandoned and not self.final
+
+    # the ClientOwner interface (sipha.stack): the transaction calls these
+    def on_provisional(self, response: Response) -> None:
+        self.pc.proxy.branch_provisional(self, response)
+
+    def on_final(self, response: Response) -> None:
+        self.final = True
+        self.pc.proxy.branch_final(self, response)
+
+    def on_2xx_again(self, response: Response) -> None:
+        if not self.abandoned:  # an abandoned branch's late 2xx was ACKed and hung up
+            self.pc.proxy.relay(self.pc, response)  # RFC 6026: retransmissions and forks
+
+    def on_failure(self, error: TransactionTimeoutError | TransportFailure) -> None:
+        self.final = True
+        self.pc.proxy.branch_failed(self, error)
 
 
-@dataclass(eq=False)
 class ProxyCall:
-    incoming: IncomingRequest
-    request: Request
-    pool: PoolRuntime | None = None
-    branches: list[Branch] = field(default_factory=list)
-    finals: list[Response] = field(default_factory=list)
-    tried: set[int] = field(default_factory=set)
-    relayed_18x: bool = False
-    done: bool = False
-    answered: bool = False
-    cancelled: bool = False
-    on_done: Callable[[ProxyCall], None] | None = None
-    on_exhausted: Callable[[], bool] | None = None  # start more branches (next q group)
-    watcher: asyncio.Future[None] | None = None
-    record_route: bool = False  # beyond dialog-creating requests (a NOTIFY, see server)
+    """A request being proxied: its server side and its branches."""
+
+    __slots__ = (
+        "answered",
+        "branches",
+        "cancelled",
+        "done",
+        "finals",
+        "incoming",
+        "on_done",
+        "on_exhausted",
+        "pool",
+        "proxy",
+        "record_route",
+        "relayed_18x",
+        "request",
+        "tried",
+    )
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        incoming: IncomingRequest,
+        request: Request,
+        pool: PoolRuntime | None = None,
+        record_route: bool = False,
+    ) -> None:
+        self.proxy = proxy
+        self.incoming = incoming
+        self.request = request
+        self.pool = pool
+        self.record_route = record_route  # beyond dialog-creating requests (a NOTIFY)
+        self.branches: list[Branch] = []
+        self.finals: list[Response] = []
+        self.tried: set[int] = set()
+        self.relayed_18x = False
+        self.done = False
+        self.answered = False
+        self.cancelled = False
+        self.on_done: Callable[[ProxyCall], None] | None = None
+        self.on_exhausted: Callable[[], bool] | None = None  # start more branches (next q group)
+
+    def pending_branches(self) -> list[Branch]:
+        return [b for b in self.branches if b.pending]
 
 
 class Proxy:
@@ -99,6 +171,7 @@ class Proxy:
     def __init__(self, server: EdgeServer) -> None:
         self.server = server
         self.stack = server.stack
+        self._ours: frozenset[str] | None = None  # our Via sent-by values, for is_loop
 
     # -- building what goes downstream -----------------------------------------------------
     def _our_hostport(self, transport: str, v6: bool = False) -> str:
@@ -149,11 +222,15 @@ class Proxy:
 
     def is_loop(self, request: Request) -> bool:
         """§16.3 step 4: our own Via with the same routing hash means the request came back."""
-        ours = {
-            self._our_hostport(s.transport, s.family_v6).lower() for s in self.stack.listen_specs
-        }
-        vias = list(request.via)
-        for i, via in enumerate(vias[:-1]):
+        ours = self._ours
+        if ours is None:
+            ours = self._ours = frozenset(
+                self._our_hostport(s.transport, s.family_v6).lower()
+                for s in self.stack.listen_specs
+            )
+        vias = request.via
+        for i in range(len(vias) - 1):
+            via = vias[i]
             if via.sent_by.lower() in ours:
                 # the Via under ours was on top when we forwarded it the first time
                 h = loop_hash(request, str(vias[i + 1]))
@@ -163,17 +240,19 @@ class Proxy:
 
     # -- relaying back -----------------------------------------------------------------------
     def relay(self, pc: ProxyCall, response: Response) -> None:
+        if pc.incoming.transaction is not None:
+            self.relay_on(pc.incoming.transaction, response)
+
+    def relay_on(self, txn: ServerTransaction, response: Response) -> None:
+        """§16.7: a response goes upstream without our Via."""
         up = Response(response.status, response.reason, response.headers.copy(), response.body)
         up.headers.pop_first_value("Via")
         if up.status == 503 and self.server.config.sip.remap_503:
             up.status, up.reason = 500, "Server Internal Error"  # §16.7 step 6
-        txn = pc.incoming.transaction
-        if txn is None:
-            return
         try:
             self.stack.respond(txn, up)
         except RuntimeError as exc:  # a late response after ours: nothing to relay it on
-            log.debug("not relaying %d for %s: %s", response.status, pc.request.call_id, exc)
+            log.debug("not relaying %d on %s: %s", response.status, txn.key[0], exc)
 
     def reply(
         self,
@@ -185,12 +264,15 @@ class Proxy:
         if pc.done:
             return
         pc.done = True
-        pc.incoming.respond(status, reason, headers=headers)
+        if not pc.incoming.answered:
+            pc.incoming.respond(status, reason, headers=headers)
         self._finish(pc)
 
     # -- forwarding ----------------------------------------------------------------------------
     def start(self, pc: ProxyCall) -> None:
-        pc.watcher = asyncio.ensure_future(self._watch_cancel(pc))
+        pc.incoming.on_cancel = lambda: self._on_cancel(pc)
+        if pc.incoming.transaction is not None and pc.incoming.transaction.cancelled:
+            self._on_cancel(pc)  # the CANCEL came while a task resolved the next hop
 
     def forward(
         self,
@@ -200,32 +282,25 @@ class Proxy:
         dest: DestinationRuntime | None,
         routes: list[str] | None = None,
     ) -> Branch:
-        branch = Branch(target, dest)
+        branch = Branch(pc, target, dest)
         fwd = self.prepare(
             pc.request, ruri, target, pc.incoming.source.transport, record_route=pc.record_route
         )
         for route in reversed(routes or []):  # RFC 3327: a registered Path becomes the Route
             fwd.headers.add_first("Route", route)
         pc.branches.append(branch)
-        txn, future = self.stack.send_request(
-            fwd,
-            target,
-            add_via=False,
-            on_provisional=lambda r: self._on_provisional(pc, branch, r),
-            on_retransmitted_2xx=lambda r: self.relay(pc, r),
-        )
-        branch.txn, branch.future = txn, future
-        future.add_done_callback(lambda f: self._on_final(pc, branch, f))
-        if pc.pool is not None and pc.request.method == "INVITE":
-            branch.timer = asyncio.get_running_loop().call_later(
-                pc.pool.cfg.invite_timeout, self._on_invite_timeout, pc, branch
+        branch.txn = self.stack.start_request(fwd, target, branch, add_via=False)
+        if pc.pool is not None and pc.request.method == "INVITE" and branch.pending:
+            branch.timer = self.server.loop.call_later(
+                pc.pool.cfg.invite_timeout, self._on_invite_timeout, branch
             )
         return branch
 
-    def _on_provisional(self, pc: ProxyCall, branch: Branch, resp: Response) -> None:
+    def branch_provisional(self, branch: Branch, resp: Response) -> None:
+        pc = branch.pc
         if branch.cancel_pending and branch.txn is not None:
             branch.cancel_pending = False
-            self.stack.cancel(branch.txn)
+            self._send_cancel(branch.txn)
         if branch.abandoned or pc.cancelled:
             return
         branch.provisional = True
@@ -234,37 +309,35 @@ class Proxy:
         branch.early = True
         if branch.timer is not None:
             branch.timer.cancel()
-            branch.timer = self._timer_c(pc, branch)
+        branch.timer = self.server.loop.call_later(
+            self.server.config.sip.timer_c, self._on_timer_c, branch
+        )
         if pc.pool is not None and pc.pool.cfg.reroute_after_provisional == "hold":
             return  # the caller sees only 100 until a 2xx
         pc.relayed_18x = True
         self.relay(pc, resp)
 
-    def _timer_c(self, pc: ProxyCall, branch: Branch) -> asyncio.TimerHandle:
-        return asyncio.get_running_loop().call_later(
-            self.server.config.sip.timer_c, self._on_timer_c, pc, branch
-        )
+    def _send_cancel(self, txn: ClientTransaction) -> None:
+        """CANCEL for a pending INVITE (§9.1); its answer matters to nobody here."""
+        self.stack.start_request(txn.make_cancel(), txn.target, _IGNORE, add_via=False)
 
-    def _on_timer_c(self, pc: ProxyCall, branch: Branch) -> None:
+    def _on_timer_c(self, branch: Branch) -> None:
         """§16.6 step 11: a branch that rang too long is cancelled; its 487 ends it."""
-        if not branch.abandoned and branch.txn is not None and not pc.done:
-            self.stack.cancel(branch.txn)
+        branch.timer = None
+        if not branch.abandoned and branch.txn is not None and not branch.pc.done:
+            self._send_cancel(branch.txn)
 
-    def _on_invite_timeout(self, pc: ProxyCall, branch: Branch) -> None:
+    def _on_invite_timeout(self, branch: Branch) -> None:
         """No response at all within invite_timeout: the destination is taken out at once."""
-        if (
-            branch.provisional
-            or branch.abandoned
-            or pc.done
-            or branch.future is None
-            or branch.future.done()
-        ):
+        branch.timer = None
+        pc = branch.pc
+        if branch.provisional or not branch.pending or pc.done:
             return
         self._abandon(branch)
         if branch.dest is not None and pc.pool is not None:
             reason = f"no response to INVITE within {pc.pool.cfg.invite_timeout:g} s"
             self.server.destination_failed(pc.pool, branch.dest, reason)
-        self._next_or_finish(pc, branch, None)
+        self.next_or_finish(pc, branch, None)
 
     def _abandon(self, branch: Branch) -> None:
         """Give up on a branch: whatever it answers later is not relayed."""
@@ -274,33 +347,32 @@ class Proxy:
     def _cancel_branch(self, branch: Branch) -> None:
         if branch.timer is not None:
             branch.timer.cancel()
+            branch.timer = None
         if branch.txn is not None:
             if branch.provisional:
-                self.stack.cancel(branch.txn)
+                self._send_cancel(branch.txn)
             else:
                 branch.cancel_pending = True  # §9.1: no CANCEL before a provisional
 
-    def _on_final(self, pc: ProxyCall, branch: Branch, future: asyncio.Future[Response]) -> None:
-        if branch.timer is not None:
-            branch.timer.cancel()
-        if future.cancelled():
-            return
-        exc = future.exception()
+    def branch_failed(
+        self, branch: Branch, error: TransactionTimeoutError | TransportFailure
+    ) -> None:
+        pc = branch.pc
+        self._stop_timer(branch)
         if branch.abandoned:
-            if exc is None and 200 <= future.result().status < 300:
-                self._hang_up_late_answer(pc, branch, future.result())
             return
-        if exc is not None:
-            if (
-                isinstance(exc, (TransactionTimeoutError, TransportFailure))
-                and branch.dest is not None
-                and pc.pool is not None
-            ):
-                reason = exc.reason if isinstance(exc, TransportFailure) else "INVITE timed out"
-                self.server.destination_failed(pc.pool, branch.dest, reason)
-            self._next_or_finish(pc, branch, None)
+        if branch.dest is not None and pc.pool is not None:
+            reason = error.reason if isinstance(error, TransportFailure) else "INVITE timed out"
+            self.server.destination_failed(pc.pool, branch.dest, reason)
+        self.next_or_finish(pc, branch, None)
+
+    def branch_final(self, branch: Branch, resp: Response) -> None:
+        pc = branch.pc
+        self._stop_timer(branch)
+        if branch.abandoned:
+            if 200 <= resp.status < 300:
+                self._hang_up_late_answer(branch, resp)
             return
-        resp = future.result()
         if 200 <= resp.status < 300:
             pc.answered = True
             if branch.dest is not None and pc.pool is not None:
@@ -311,14 +383,28 @@ class Proxy:
             pc.done = True
             self._cancel_others(pc, branch)
             self._finish(pc)
+            server_txn = pc.incoming.transaction
+            if branch.txn is not None and server_txn is not None:
+                # for Timer M the client side only relays 2xx retransmissions: a small
+                # owner that knows the server side, so the call, its branches and its
+                # messages are freed now, not 32 s later
+                branch.txn.owner = _Relay2xx(self, server_txn)
             return
         if branch.dest is not None:
             branch.dest.failed_by_code[resp.status] = (
                 branch.dest.failed_by_code.get(resp.status, 0) + 1
             )
-        self._next_or_finish(pc, branch, resp)
+        self.next_or_finish(pc, branch, resp)
 
-    def _next_or_finish(self, pc: ProxyCall, branch: Branch, resp: Response | None) -> None:
+    @staticmethod
+    def _stop_timer(branch: Branch) -> None:
+        if branch.timer is not None:
+            branch.timer.cancel()
+            branch.timer = None
+
+    def next_or_finish(self, pc: ProxyCall, branch: Branch | None, resp: Response | None) -> None:
+        """A branch ended without an answer: the next destination, the next fork group, or
+        the best final response (§16.7)."""
         if pc.done:
             return
         if resp is not None:
@@ -332,40 +418,39 @@ class Proxy:
             if retry:
                 dest = pool.select(pc.request.call_id, pc.tried)
                 if dest is not None:
-                    if branch.dest is not None:
-                        branch.dest.rerouted += 1
+                    failed = branch.dest if branch is not None else None
+                    if failed is not None:
+                        failed.rerouted += 1
                     pool.rerouted += 1
-                    if branch.early:
+                    if branch is not None and branch.early:
                         pool.rerouted_after_18x += 1
                     log.info(
                         "%s: %s from %s, trying %s",
                         pc.request.call_id,
                         resp.status if resp is not None else "no answer",
-                        branch.dest.uri if branch.dest else branch.target,
+                        failed.uri if failed else (branch.target if branch else "-"),
                         dest.uri,
                     )
                     self.server.dispatch_to(pc, dest)
                     return
                 pool.exhausted += 1
-        if any(
-            not b.abandoned and b.future is not None and not b.future.done() for b in pc.branches
-        ):
+        if any(b.pending for b in pc.branches):
             return  # parallel branches still pending
         if pc.on_exhausted is not None and not pc.cancelled and pc.on_exhausted():
             return  # the next q-value group is being tried
         pc.done = True
         if pc.finals:
             self.relay(pc, best_response(pc.finals))
-        else:
+        elif not pc.incoming.answered:
             pc.incoming.respond(503, "No Destination Available", headers=[("Retry-After", "5")])
         self._finish(pc)
 
     def _cancel_others(self, pc: ProxyCall, winner: Branch) -> None:
         for b in pc.branches:
-            if b is not winner and not b.abandoned and b.future is not None and not b.future.done():
+            if b is not winner and b.pending:
                 self._abandon(b)
 
-    def _hang_up_late_answer(self, pc: ProxyCall, branch: Branch, resp: Response) -> None:
+    def _hang_up_late_answer(self, branch: Branch, resp: Response) -> None:
         """A destination we gave up on answered after all: ACK and BYE it (no double call)."""
         assert branch.txn is not None
         req = branch.txn.request
@@ -377,49 +462,80 @@ class Proxy:
         self.stack.prepare_request(ack, branch.target)
         self.stack.send_stateless(ack, branch.target)
         bye = dialog.create_request("BYE")
-        self.server.spawn(self._quiet_request(bye, branch.target))
+        self.stack.start_request(bye, branch.target, _IGNORE)
 
-    async def _quiet_request(self, req: Request, target: Target) -> None:
-        try:
-            await self.stack.request(req, target)
-        except (TransactionTimeoutError, TransportFailure):
-            pass
-
-    async def _watch_cancel(self, pc: ProxyCall) -> None:
-        await pc.incoming.cancelled.wait()
+    def _on_cancel(self, pc: ProxyCall) -> None:
+        """§16.10: the caller's CANCEL cancels every pending branch; their 487s come back
+        and are relayed. With no branch able to send one yet, the edge answers 487."""
         if pc.done:
             return
         pc.cancelled = True
-        pending = [
-            b
-            for b in pc.branches
-            if not b.abandoned and b.future is not None and not b.future.done()
-        ]
+        pending = pc.pending_branches()
         for b in pending:
-            self._cancel_branch(b)  # §16.10: their 487s come back and are relayed
+            self._cancel_branch(b)
         if not any(b.provisional for b in pending):
-            # nobody downstream can send a 487 yet: end the INVITE ourselves
             for b in pending:
                 b.abandoned = True
             self.reply(pc, 487)
 
     def _finish(self, pc: ProxyCall) -> None:
         for b in pc.branches:
-            if b.timer is not None and (b.future is None or b.future.done()):
+            if b.timer is not None and not b.pending:
                 b.timer.cancel()
-        if pc.watcher is not None and pc.watcher is not asyncio.current_task():
-            pc.watcher.cancel()
+                b.timer = None
+        # cut the cycles: the incoming request's callback -> call -> branches -> call
+        pc.incoming.on_cancel = None
+        pc.on_exhausted = None
         if pc.on_done is not None:
             pc.on_done(pc)
+            pc.on_done = None
+        pc.branches = [b for b in pc.branches if b.pending]  # late answers still need theirs
 
     # -- in-dialog and stateless -------------------------------------------------------------
-    async def next_hop(self, request: Request) -> Target:
-        uri = request.route[0].uri if request.route else request.uri
-        if not isinstance(uri, SipURI):
-            raise ValueError(f"cannot route to a {uri.scheme}: URI")
-        return await resolve_sip_uri(uri)
-
     def forward_stateless(self, request: Request, target: Target) -> None:
         """ACK for a 2xx (end to end): our Via on top, Max-Forwards-1, no transaction."""
         fwd = self.prepare(request, None, target, target.transport)
         self.stack.send_stateless(fwd, target)
+
+
+class _Relay2xx:
+    """A client INVITE transaction's owner once its call is answered (RFC 6026 Accepted
+    state): the 2xx retransmissions and forks it reports go upstream, nothing else."""
+
+    __slots__ = ("proxy", "server_txn")
+
+    def __init__(self, proxy: Proxy, server_txn: ServerTransaction) -> None:
+        self.proxy = proxy
+        self.server_txn = server_txn
+
+    def on_provisional(self, response: Response) -> None:
+        pass
+
+    def on_final(self, response: Response) -> None:
+        pass
+
+    def on_2xx_again(self, response: Response) -> None:
+        self.proxy.relay_on(self.server_txn, response)
+
+    def on_failure(self, error: TransactionTimeoutError | TransportFailure) -> None:
+        pass
+
+
+class _Ignore:
+    """The owner of a client transaction whose outcome nobody needs (a CANCEL, a BYE to a
+    late answer)."""
+
+    def on_provisional(self, response: Response) -> None:
+        pass
+
+    def on_final(self, response: Response) -> None:
+        pass
+
+    def on_2xx_again(self, response: Response) -> None:
+        pass
+
+    def on_failure(self, error: TransactionTimeoutError | TransportFailure) -> None:
+        pass
+
+
+_IGNORE = _Ignore()

@@ -30,12 +30,13 @@ from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, load_config
 from ..logs import LogThrottle
 from ..protection import Guard
+from ..runtime import GcPolicy
 from ..sip.errors import ParseError
 from ..sip.headers import parse_address
 from ..sip.message import Request
 from ..sip.transaction import Target
 from ..sip.uri import SipURI, parse_uri
-from ..stack import IncomingRequest, SipStack, resolve_sip_uri
+from ..stack import IncomingRequest, SipStack
 from ..store import open_store
 from ..store.base import Binding
 from .config import EdgeConfig
@@ -43,7 +44,7 @@ from .identity import LocalIdentity
 from .metrics import EdgeMetrics
 from .pools import ADMIN_STATES, DestinationRuntime, PoolRuntime
 from .prober import Prober
-from .proxy import Branch, Proxy, ProxyCall
+from .proxy import Proxy, ProxyCall
 from .registrar import Registrar
 from .route_signature import PARAM as SIGNATURE
 from .route_signature import RouteSigner, load_secret
@@ -93,16 +94,20 @@ class EdgeServer:
             nonce_secret=None if self.signer.random_key else self.signer.derive(b"nonce"),
         )  # fmt: skip
         self.pools = [PoolRuntime(p) for p in cfg.pool]
+        self.locator = cfg.dns.locator()  # RFC 3263, TTL-cached: next hops and destinations
         self.proxy = Proxy(self)
-        self.prober = Prober(self.stack, self._on_probe_change)
+        self.prober = Prober(self.stack, self._on_probe_change, self.locator)
         self.metrics = EdgeMetrics()
         self.stack.handler = self._on_request
         self.admin: AdminServer | None = None
         self._branch_ids = itertools.count(1)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._answered: dict[str, tuple[str, float]] = {}  # Call-ID -> (pool/index, when)
+        self._call_deltas: dict[str, int] = {}  # pool/index -> calls up since the last sync
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.counters: dict[str, int] = {}
         self._relay_log = LogThrottle()
+        self.gc: GcPolicy | None = None  # set by run(): a test's in-process edge keeps CPython's
         self.started_at = time.time()
 
     def _route_secret(self) -> bytes | None:
@@ -131,18 +136,35 @@ class EdgeServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def spawn_for(self, pc: ProxyCall, coro: Coroutine[Any, Any, Any]) -> None:
-        """A task on a request's path: if it fails, the request still gets its answer."""
+    def spawn_for(self, incoming: IncomingRequest, coro: Coroutine[Any, Any, Any]) -> None:
+        """A task off the hot path (the registrar, a name to resolve): if it fails, the
+        request still gets its answer."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
         def done(t: asyncio.Future[Any]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("routing %s failed", pc.request.call_id, exc_info=t.exception())
-                self.proxy.reply(pc, 500, "Server Internal Error")
+            if t.cancelled() or t.exception() is None:
+                return
+            exc = t.exception()
+            req = incoming.request
+            if isinstance(exc, ParseError):
+                answer: tuple[int, str] = (400, exc.reason_phrase)
+            elif isinstance(exc, OSError):
+                log.info("%s %s: cannot route: %s", req.method, req.uri_text, exc)
+                answer = (502, "Next Hop Unreachable")
+            else:
+                log.error("routing %s %s failed", req.method, req.call_id, exc_info=exc)
+                answer = (500, "Server Internal Error")
+            if not incoming.answered:
+                incoming.respond(*answer)
 
         task.add_done_callback(done)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "edge not started"
+        return self._loop
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -178,24 +200,18 @@ class EdgeServer:
 
     # -- requests ------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
-        req = incoming.request
-        if req.method == "ACK":
-            if req.to.tag:
-                self.spawn(self._forward_ack(incoming))
-            return
-        self.spawn(self._route(incoming))
-
-    async def _route(self, incoming: IncomingRequest) -> None:
+        """Called by the stack for each new request: routed at once, in this callback (a
+        task only where a store or a resolver must be awaited)."""
         req = incoming.request
         try:
-            await self._route_checked(incoming)
+            if req.method == "ACK":
+                if req.to.tag:
+                    self._forward_ack(incoming)
+                return
+            self._route(incoming)
         except ParseError as exc:
             if not incoming.answered:
                 incoming.respond(400, exc.reason_phrase)
-        except (OSError, ValueError) as exc:
-            log.info("%s %s: cannot route: %s", req.method, req.uri_text, exc)
-            if not incoming.answered:
-                incoming.respond(502, "Next Hop Unreachable")
         except Exception:  # every path ends its transaction: never leave 100 Trying alone
             log.exception("routing %s %s failed", req.method, req.call_id)
             if not incoming.answered:
@@ -204,7 +220,7 @@ class EdgeServer:
     def _is_us(self, uri: SipURI) -> bool:
         return self.identity.is_us(uri)
 
-    async def _route_checked(self, incoming: IncomingRequest) -> None:
+    def _route(self, incoming: IncomingRequest) -> None:
         req = incoming.request
         if req.method == "CANCEL":
             # a CANCEL whose INVITE is pending here was matched by the transaction layer
@@ -243,12 +259,12 @@ class EdgeServer:
             # in a dialog (verified) or a trusted peer's preloaded route. A NOTIFY in a
             # subscription we record-routed may create the subscriber's dialog (it can
             # overtake the 2xx, RFC 6665 §4.1.2.4): it gets our Record-Route too
-            await self._forward_in_dialog(
+            self._forward_in_dialog(
                 incoming, record_route=verdict.followed_ours and req.method == "NOTIFY"
             )
             return
         if req.method == "REGISTER" and self.registrar.serves(uri.host):
-            await self.registrar.register(incoming)
+            self.spawn_for(incoming, self.registrar.register(incoming))
             return
         if req.method == "OPTIONS" and (
             # to the edge itself: no user part, or any user at one of its addresses (an
@@ -264,7 +280,7 @@ class EdgeServer:
                 self._dispatch(incoming, pool)
                 return
         if self.registrar.serves(uri.host):
-            await self._to_user(incoming, uri)
+            self.spawn_for(incoming, self._to_user(incoming, uri))
             return
         self._deny_relay(incoming, "foreign Request-URI", "Relaying Denied")
 
@@ -339,7 +355,7 @@ class EdgeServer:
     # -- dispatcher ----------------------------------------------------------------------
     def _dispatch(self, incoming: IncomingRequest, pool: PoolRuntime) -> None:
         req = incoming.request
-        pc = ProxyCall(incoming, req, pool=pool)
+        pc = ProxyCall(self.proxy, incoming, req, pool=pool)
         dest = pool.select(req.call_id, set())
         if dest is None:
             pool.exhausted += 1
@@ -352,17 +368,21 @@ class EdgeServer:
     def dispatch_to(self, pc: ProxyCall, dest: DestinationRuntime) -> None:
         pc.tried.add(dest.index)
         dest.calls += 1
-        self.spawn_for(pc, self._send_to_destination(pc, dest))
+        targets = self.locator.locate_now(dest.uri)  # an address, or a cached RFC 3263 answer
+        if targets:
+            self.proxy.forward(pc, None, targets[0], dest)
+        else:
+            self.spawn_for(pc.incoming, self._send_to_destination(pc, dest))
 
     async def _send_to_destination(self, pc: ProxyCall, dest: DestinationRuntime) -> None:
         try:
-            target = await resolve_sip_uri(dest.uri)
+            targets = await self.locator.locate(dest.uri)
         except OSError as exc:
             assert pc.pool is not None
             self.destination_failed(pc.pool, dest, f"cannot resolve: {exc}")
-            self.proxy._next_or_finish(pc, Branch(Target("udp", "0.0.0.0", 0), dest), None)
+            self.proxy.next_or_finish(pc, None, None)
             return
-        self.proxy.forward(pc, None, target, dest)
+        self.proxy.forward(pc, None, targets[0], dest)
 
     def destination_failed(self, pool: PoolRuntime, dest: DestinationRuntime, reason: str) -> None:
         if pool.mark_down(dest, reason):
@@ -385,7 +405,7 @@ class EdgeServer:
             self._call_ended(oldest_id)
         self._answered[pc.request.call_id] = (key, now)
         dest.active_calls += 1
-        self.spawn(self.store.add_active_calls(key, 1))
+        self._call_deltas[key] = self._call_deltas.get(key, 0) + 1
 
     def _call_ended(self, call_id: str) -> None:
         entry = self._answered.pop(call_id, None)
@@ -397,7 +417,7 @@ class EdgeServer:
             if pool.name == pool_name and index.isdigit() and int(index) < len(pool.destinations):
                 d = pool.destinations[int(index)]
                 d.active_calls = max(0, d.active_calls - 1)
-        self.spawn(self.store.add_active_calls(key, -1))
+        self._call_deltas[key] = self._call_deltas.get(key, 0) - 1
 
     # -- registered users --------------------------------------------------------------------
     async def _to_user(self, incoming: IncomingRequest, uri: SipURI) -> None:
@@ -415,7 +435,7 @@ class EdgeServer:
             else:
                 self._refuse(incoming, 480, "No Registered Contact")
             return
-        pc = ProxyCall(incoming, incoming.request)
+        pc = ProxyCall(self.proxy, incoming, incoming.request)
         groups: dict[float, list[Binding]] = {}
         for b in bindings:
             groups.setdefault(b.q, []).append(b)
@@ -428,7 +448,7 @@ class EdgeServer:
             if len(pc.branches) >= self.config.sip.max_branches:
                 self._count("fork_capped")
                 return False
-            self.spawn_for(pc, self._fork(pc, pending.pop(0)))
+            self.spawn_for(incoming, self._fork(pc, pending.pop(0)))
             return True
 
         pc.on_exhausted = next_group
@@ -442,14 +462,14 @@ class EdgeServer:
                 self._count("fork_capped")
                 break
             target = await self._contact_target(b)
-            if target is None:
+            if target is None or pc.done:
                 continue
             contact = parse_uri(b.contact)
             assert isinstance(contact, SipURI)
             self.proxy.forward(pc, contact, target, None, routes=b.path)
             started += 1
         if not started:
-            self.proxy._next_or_finish(pc, Branch(Target("udp", "0.0.0.0", 0), None), None)
+            self.proxy.next_or_finish(pc, None, None)
 
     async def _contact_target(self, b: Binding) -> Target | None:
         """Where a binding is reached: its TCP/TLS flow while it lives (§10, RFC 5626),
@@ -468,7 +488,7 @@ class EdgeServer:
             self._count("fork_to_self_refused")
             return None
         try:
-            target = await resolve_sip_uri(hop)
+            target = (await self.locator.locate(hop))[0]
         except OSError as exc:
             log.info("contact %s of a registered user: cannot resolve: %s", b.contact, exc)
             return None
@@ -478,18 +498,31 @@ class EdgeServer:
         return target
 
     # -- in-dialog ---------------------------------------------------------------------------
-    async def _forward_in_dialog(
-        self, incoming: IncomingRequest, record_route: bool = False
-    ) -> None:
+    def _next_hop(self, req: Request) -> SipURI:
+        uri = req.route[0].uri if req.route else req.uri
+        if not isinstance(uri, SipURI):
+            raise ValueError(f"cannot route to a {uri.scheme}: URI")
+        return uri
+
+    def _forward_in_dialog(self, incoming: IncomingRequest, record_route: bool = False) -> None:
         req = incoming.request
         if req.method == "BYE":
             self._call_ended(req.call_id)
-        target = await self.proxy.next_hop(req)
-        pc = ProxyCall(incoming, req, record_route=record_route)
+        hop = self._next_hop(req)
+        targets = self.locator.locate_now(hop)
+        pc = ProxyCall(self.proxy, incoming, req, record_route=record_route)
         self.proxy.start(pc)
-        self.proxy.forward(pc, None, target, None)
+        if targets:
+            self.proxy.forward(pc, None, targets[0], None)
+        else:
+            self.spawn_for(incoming, self._forward_resolved(pc, hop))
 
-    async def _forward_ack(self, incoming: IncomingRequest) -> None:
+    async def _forward_resolved(self, pc: ProxyCall, hop: SipURI) -> None:
+        targets = await self.locator.locate(hop)
+        if not pc.done:
+            self.proxy.forward(pc, None, targets[0], None)
+
+    def _forward_ack(self, incoming: IncomingRequest) -> None:
         """The ACK of a 2xx goes end to end, by the same rules as any in-dialog request;
         one that may not be forwarded is dropped (an ACK is never answered)."""
         req = incoming.request
@@ -499,10 +532,21 @@ class EdgeServer:
                 if verdict[0] != "not here":
                     self._count("relay_denied")
                 return
-            target = await self.proxy.next_hop(req)
-        except (OSError, ValueError, ParseError):
+            hop = self._next_hop(req)
+        except (ValueError, ParseError):
             return
-        self.proxy.forward_stateless(req, target)
+        targets = self.locator.locate_now(hop)
+        if targets:
+            self.proxy.forward_stateless(req, targets[0])
+        else:
+            self.spawn(self._forward_ack_resolved(req, hop))
+
+    async def _forward_ack_resolved(self, req: Request, hop: SipURI) -> None:
+        try:
+            targets = await self.locator.locate(hop)
+        except OSError:
+            return
+        self.proxy.forward_stateless(req, targets[0])
 
     # -- admin -------------------------------------------------------------------------------
     async def set_destination_state(
@@ -518,9 +562,15 @@ class EdgeServer:
         raise KeyError(f"no destination {index} in pool {pool_name}")
 
     async def _sync_shared_state(self) -> None:
-        """Admin states and call counts set through any node hold on every node."""
+        """Admin states and call counts set through any node hold on every node. This
+        node's own changes to the call counts are written here, in a batch, not one task
+        per call."""
         while True:
             try:
+                deltas, self._call_deltas = self._call_deltas, {}
+                for key, delta in deltas.items():
+                    if delta:
+                        await self.store.add_active_calls(key, delta)
                 states = await self.store.get_admin_states()
                 calls = await self.store.get_active_calls()
                 for pool in self.pools:
@@ -551,7 +601,8 @@ class EdgeServer:
                 "throttled": self.registrar.throttle.refused,
                 "refused": dict(self.registrar.refused),
             },
-            "transactions": len(self.stack.layer.server) + len(self.stack.layer.client),
+            "transactions": self.stack.layer.size(),
+            "gc": self.gc.stats.to_json() if self.gc is not None else None,
             "uptime": time.time() - self.started_at,
         }
 
@@ -617,6 +668,7 @@ class EdgeServer:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.store.start()
         await self.stack.start()
         cfg = self.config
@@ -647,7 +699,10 @@ class EdgeServer:
 async def run(config_path: Path | str) -> int:
     server = EdgeServer(config_path)
     await server.start()
+    server.gc = GcPolicy(server.stack.stats.activity)  # see sipha.runtime
+    server.gc.start()
     await wait_for_stop_signal()
+    server.gc.stop()
     with contextlib.suppress(Exception):
         await server.close()
     return 0

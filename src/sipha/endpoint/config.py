@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from ..appserver.config import SipSection
 from ..config import Strict, require_unique
 from ..dns.blacklist import BLACKLIST_SECONDS
-from ..dns.locator import parse_nameserver
+from ..dns.config import DnsSection
 from ..sip.timers import TRANSACTION_TIMEOUT_RANGE_MS
 
 Protocol = Literal["udp", "tcp", "tls"]
@@ -55,25 +55,6 @@ class Policy(Strict):
         lo, hi = TRANSACTION_TIMEOUT_RANGE_MS
         if not lo <= v <= hi:
             raise ValueError(f"must be {lo}..{hi} ms (the RFC 3261 Timer B/F is {hi})")
-        return v
-
-
-class DnsSection(Strict):
-    nameservers: list[str] = Field(default_factory=list)  # empty: /etc/resolv.conf
-    hosts_file: str | None = "/etc/hosts"  # consulted first (RFC 3263 leaves this to the OS)
-    timeout: float = Field(2.0, gt=0, le=30)
-
-    @field_validator("nameservers")
-    @classmethod
-    def _servers(cls, v: list[str]) -> list[str]:
-        ports = set()
-        for item in v:
-            try:
-                ports.add(parse_nameserver(item)[1])
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not ip or ip:port ({exc})") from None
-        if len(ports) > 1:
-            raise ValueError("all nameservers must use the same port")
         return v
 
 

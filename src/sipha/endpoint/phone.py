@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from ..dns.blacklist import PenaltyBlacklist
-from ..dns.locator import Locator
 from ..sip.auth import DigestClient
 from ..sip.timers import TimerConfig
 from ..sip.transaction import Target
@@ -58,10 +57,7 @@ class Phone(CallFlows):
             user_agent=sip.user_agent,
             ssl_client=ssl_client,
         )
-        dns_cfg = self.config.dns
-        self.locator = Locator(
-            dns_cfg.nameservers, hosts_file=dns_cfg.hosts_file, timeout=dns_cfg.timeout
-        )
+        self.locator = self.config.dns.locator()
         self.blacklist = PenaltyBlacklist(policy.blacklist_seconds)
         self.instance_id = policy.instance_id or f"urn:uuid:{uuid.uuid4()}"
         self.auto_answer = auto_answer

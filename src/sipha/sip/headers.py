@@ -252,8 +252,32 @@ class Headers:
         parts[0] = value
         self._values[i] = ", ".join(parts)
 
+    def replace_first_via(self, via: Via) -> None:
+        """The top Via, changed (a stamped ``received``/``rport``): its text is rewritten
+        and the parsed value kept, so nobody parses it again."""
+        i = self._keys.index("via")
+        text = str(via)
+        value = self._values[i]
+        if "," in value:
+            parts = split_list(value)
+            parts[0] = text
+            self._values[i] = ", ".join(parts)
+        else:
+            self._values[i] = text
+        cached = self._cache.get("via")
+        if isinstance(cached, LazyList):  # a new list: a copy of these headers shares the old
+            fresh: LazyList[Via] = LazyList(list(cached._raw), cached._parse)
+            fresh._items = list(cached._items)
+            fresh._raw[0] = text
+            fresh._items[0] = via
+            self._cache["via"] = fresh
+
     def copy(self) -> Headers:
-        return Headers(list(self._keys), list(self._names), list(self._values))
+        """A copy that shares the parsed values (they are never changed in place: a
+        change replaces the text and drops or replaces its parsed value)."""
+        h = Headers(list(self._keys), list(self._names), list(self._values))
+        h._cache = dict(self._cache)
+        return h
 
     def serialize_into(self, out: list[str]) -> None:
         for key, name, value in zip(self._keys, self._names, self._values, strict=True):

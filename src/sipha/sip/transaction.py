@@ -10,11 +10,10 @@ fake clock and never sleep.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
-from .errors import ParseError
 from .headers import Headers
 from .ids import MAGIC_COOKIE, new_tag
 from .message import Message, Request, Response, make_response
@@ -48,9 +47,12 @@ class State(Enum):
 
 @dataclass(slots=True)
 class SendMessage:
-    message: Message
+    """Bytes for the wire: each message is serialised once, a retransmission re-sends them."""
+
+    message: Message | None  # None: a retransmission (its message object is gone)
     target: Target
     transaction: Transaction | None = None
+    data: bytes = b""
 
 
 @dataclass(slots=True)
@@ -109,6 +111,7 @@ class ServerAbandoned:
     """
 
     transaction: ServerTransaction
+    request: Request  # the transaction lets it go when it answers
 
 
 Event = (
@@ -127,15 +130,43 @@ Event = (
 # -- transactions -------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
 class Transaction:
-    layer: TransactionLayer
-    request: Request
-    target: Target
-    key: tuple[str, ...]
-    state: State = State.TRYING
-    timers: dict[str, float] = field(default_factory=dict)
-    owner: object = None  # the transaction user's handle (a future, a call...)
+    """What both kinds of transaction share.
+
+    A transaction that only lingers to absorb retransmissions (a server after its final
+    answer, a client after its final response reached the TU) is *released*: it drops the
+    request and response objects and keeps their bytes, so the tens of thousands of
+    transactions a busy proxy holds for Timers J, L and M are a few objects each, not a
+    few hundred (and the garbage collector has little to walk).
+    """
+
+    __slots__ = ("_request", "key", "layer", "method", "owner", "state", "target", "timers")
+
+    def __init__(
+        self, layer: TransactionLayer, request: Request, target: Target, key: tuple[str, ...]
+    ) -> None:
+        self.layer = layer
+        self._request: Request | None = request
+        self.method = request.method
+        self.target = target
+        self.key = key
+        self.state = State.TRYING
+        self.timers: dict[str, float] = {}
+        self.owner: object = None  # the transaction user's handle (a future, a call...)
+
+    @property
+    def request(self) -> Request:
+        if self._request is None:
+            raise RuntimeError(f"{self.method} transaction {self.key[0]} was released")
+        return self._request
+
+    @property
+    def released(self) -> bool:
+        return self._request is None
+
+    def release(self) -> None:
+        """Keep only what absorbing retransmissions needs (see the class docstring)."""
+        self._request = None
 
     @property
     def reliable(self) -> bool:
@@ -143,7 +174,7 @@ class Transaction:
 
     @property
     def is_invite(self) -> bool:
-        return self.request.method == "INVITE"
+        return self.method == "INVITE"
 
     @property
     def terminated(self) -> bool:
@@ -154,8 +185,12 @@ class Transaction:
         self.timers[name] = deadline
         self.layer._schedule(deadline, self, name)
 
-    def _send(self, message: Message) -> None:
-        self.layer.events.append(SendMessage(message, self.target, self))
+    def _send(self, message: Message | None, data: bytes | None = None) -> bytes:
+        if data is None:
+            assert message is not None
+            data = bytes(message)
+        self.layer.events.append(SendMessage(message, self.target, self, data))
+        return data
 
     def _terminate(self) -> None:
         if self.state is State.TERMINATED:
@@ -179,12 +214,25 @@ class Transaction:
 class ClientTransaction(Transaction):
     """Client INVITE (§17.1.1) and non-INVITE (§17.1.2) transaction."""
 
-    _interval: float = 0.0
-    last_response: Response | None = None
+    __slots__ = ("_ack_wire", "_interval", "_wire", "final_delivered", "last_response")
+
+    def __init__(
+        self, layer: TransactionLayer, request: Request, target: Target, key: tuple[str, ...]
+    ) -> None:
+        super().__init__(layer, request, target, key)
+        self.final_delivered = False  # the TU has had the first final response
+        self.last_response: Response | None = None
+        self._interval = 0.0
+        self._wire = b""  # the request as sent: Timers A and E re-send these bytes
+        self._ack_wire = b""  # the ACK of a non-2xx final, re-sent for its retransmissions
+
+    def release(self) -> None:
+        super().release()
+        self.last_response = None
 
     def start(self, now: float) -> None:
         cfg = self.layer.timers
-        self._send(self.request)
+        self._wire = self._send(self.request)
         if self.is_invite:
             self.state = State.CALLING
             if not self.reliable:
@@ -218,13 +266,13 @@ class ClientTransaction(Transaction):
                 else:
                     self.state = State.COMPLETED
                     self.timers.pop("B", None)
-                    self._send(self.make_ack(response))
+                    self._ack_wire = self._send(self.make_ack(response))
                     self._arm("D", cfg.timer_d if not self.reliable else 0.0, now)
                     self._deliver(response)
             elif state is State.ACCEPTED and 200 <= status < 300:
                 self._deliver(response)
             elif state is State.COMPLETED and status >= 300:
-                self._send(self.make_ack(response))  # retransmitted final: ACK again
+                self._send(None, self._ack_wire)  # retransmitted final: ACK again
         else:
             if state in (State.TRYING, State.PROCEEDING):
                 if status < 200:
@@ -244,11 +292,11 @@ class ClientTransaction(Transaction):
     def on_timer(self, name: str, now: float) -> None:
         cfg = self.layer.timers
         if name == "A" and self.state is State.CALLING:
-            self._send(self.request)
+            self._send(None, self._wire)
             self._interval *= 2  # §17.1.1.2: A doubles without the T2 cap
             self._arm("A", self._interval, now)
         elif name == "E" and self.state in (State.TRYING, State.PROCEEDING):
-            self._send(self.request)
+            self._send(None, self._wire)
             if self.state is State.TRYING:
                 self._interval = min(self._interval * 2, cfg.t2)
             else:
@@ -287,17 +335,39 @@ class ClientTransaction(Transaction):
 class ServerTransaction(Transaction):
     """Server INVITE (§17.2.1, RFC 6026) and non-INVITE (§17.2.2) transaction."""
 
-    source: Target
-    last_response: Response | None = None
-    retransmit_2xx: bool = True  # a UAS core retransmits its 2xx (§13.3.1.4); a proxy does not
-    _interval: float = 0.0
-    ack_received: bool = False
-    cancelled: bool = False
-    _tag: str | None = None
+    __slots__ = (
+        "_interval",
+        "_last_wire",
+        "_tag",
+        "ack_key",
+        "ack_received",
+        "cancelled",
+        "final_sent",
+        "last_status",
+        "retransmit_2xx",
+        "source",
+    )
 
-    @property
-    def final_sent(self) -> bool:
-        return self.last_response is not None and self.last_response.status >= 200
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        request: Request,
+        target: Target,
+        key: tuple[str, ...],
+        source: Target,
+    ) -> None:
+        super().__init__(layer, request, target, key)
+        self.source = source
+        # a UAS core retransmits its 2xx (§13.3.1.4); a proxy does not
+        self.retransmit_2xx = True
+        self.final_sent = False
+        self.last_status = 0  # of the last response sent (0: none yet)
+        self.ack_received = False
+        self.cancelled = False
+        self.ack_key: tuple[str, int, str] | None = None  # where a 2xx's ACK is matched
+        self._interval = 0.0
+        self._tag: str | None = None
+        self._last_wire = b""  # the last response as sent: what a retransmission gets again
 
     def start(self, now: float, auto_trying: bool) -> None:
         self._arm("W", self._watchdog_delay(), now)
@@ -322,11 +392,8 @@ class ServerTransaction(Transaction):
 
     def retransmission(self, now: float) -> None:
         """The same request arrived again: answer with the last response, if any."""
-        if self.last_response is not None and self.state in (
-            State.PROCEEDING,
-            State.COMPLETED,
-        ):
-            self._send(self.last_response)
+        if self._last_wire and self.state in (State.PROCEEDING, State.COMPLETED):
+            self._send(None, self._last_wire)
 
     def respond(self, response: Response, now: float) -> None:
         cfg = self.layer.timers
@@ -338,13 +405,14 @@ class ServerTransaction(Transaction):
                 self._send(response)  # a proxy forwarding a 2xx retransmission
                 return
             raise RuntimeError("a final response was already sent")
-        self.last_response = response
-        self._send(response)
+        self.last_status = status
+        self._last_wire = self._send(response)
         if status < 200:
             self.state = State.PROCEEDING
             if status > 100 and self.is_invite:
                 self._arm("W", self._watchdog_delay(), now)
             return
+        self.final_sent = True
         self.timers.pop("W", None)
         if self.is_invite:
             if status < 300:
@@ -364,6 +432,11 @@ class ServerTransaction(Transaction):
         else:
             self.state = State.COMPLETED
             self._arm("J", cfg.timer_j if not self.reliable else 0.0, now)
+        if self._tag is None:
+            self._tag = ""  # answered without a tag of ours: none will be made any more
+        self.release()
+        if not (self.is_invite and status < 300 and self.retransmit_2xx):
+            self.owner = None  # nothing will be reported to the TU any more
 
     def receive_ack(self, now: float) -> None:
         cfg = self.layer.timers
@@ -375,11 +448,12 @@ class ServerTransaction(Transaction):
         elif self.state is State.ACCEPTED:
             self.ack_received = True
             self.timers.pop("G2xx", None)
+            self.owner = None
 
     def on_timer(self, name: str, now: float) -> None:
         cfg = self.layer.timers
-        if name in ("G", "G2xx") and self.last_response is not None:
-            self._send(self.last_response)
+        if name in ("G", "G2xx") and self._last_wire:
+            self._send(None, self._last_wire)
             self._interval = min(self._interval * 2, cfg.t2)
             self._arm(name, self._interval, now)
         elif name == "H" and self.state is State.COMPLETED:
@@ -392,7 +466,7 @@ class ServerTransaction(Transaction):
         elif name in ("I", "J"):
             self._terminate()
         elif name == "W" and not self.final_sent and self.state is not State.TERMINATED:
-            self.layer.events.append(ServerAbandoned(self))
+            self.layer.events.append(ServerAbandoned(self, self.request))
             self.respond(make_response(self.request, 500, to_tag=self.tag), now)
 
     @property
@@ -401,7 +475,7 @@ class ServerTransaction(Transaction):
         first use; None when the request is in a dialog (its To already has one)."""
         if self._tag is None and not self.request.to.tag:
             self._tag = new_tag()
-        return self._tag
+        return self._tag or None
 
     @tag.setter
     def tag(self, value: str | None) -> None:
@@ -512,8 +586,7 @@ class TransactionLayer:
             return
         if request.method == "CANCEL" and self._cancel(request, source, now):
             return
-        txn = ServerTransaction(self, request, response_target(request, source), key)
-        txn.source = source
+        txn = ServerTransaction(self, request, response_target(request, source), key, source)
         txn.retransmit_2xx = self.uas_2xx_retransmit
         self._add_server(txn)
         txn.start(now, self.auto_trying)
@@ -526,8 +599,7 @@ class TransactionLayer:
         if invite is None or invite.final_sent:
             return False  # the TU answers it (481 or 200 after the fact)
         key = _server_key(cancel)
-        txn = ServerTransaction(self, cancel, response_target(cancel, source), key)
-        txn.source = source
+        txn = ServerTransaction(self, cancel, response_target(cancel, source), key, source)
         self._add_server(txn)
         txn.start(now, False)
         # §9.2: the 200 to the CANCEL carries the To tag the INVITE's answers carry
@@ -606,13 +678,8 @@ class TransactionLayer:
                     self.server_by_source[host] = left
                 else:
                     self.server_by_source.pop(host, None)
-            if txn.is_invite:
-                try:
-                    ack_key = _dialog_ack_key(txn.request)
-                except ParseError:  # a request that never validated awaits no ACK
-                    return
-                if self._acks.get(ack_key) is txn:
-                    del self._acks[ack_key]
+            if txn.ack_key is not None and self._acks.get(txn.ack_key) is txn:
+                del self._acks[txn.ack_key]
 
     def _add_server(self, txn: ServerTransaction) -> None:
         self.server[txn.key] = txn
@@ -620,7 +687,8 @@ class TransactionLayer:
         self.server_by_source[host] = self.server_by_source.get(host, 0) + 1
 
     def _await_ack(self, txn: ServerTransaction) -> None:
-        self._acks[_dialog_ack_key(txn.request)] = txn
+        txn.ack_key = _dialog_ack_key(txn.request)
+        self._acks[txn.ack_key] = txn
 
     def drain(self) -> list[Event]:
         events, self.events = self.events, []
