@@ -253,6 +253,7 @@ class SipStack:
         validate: Callable[[Request], None] = validate_fully,
         tcp_header_timeout: float = MESSAGE_READ_TIMEOUT,
         max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
+        udp_receive_buffer: int = 0,
     ) -> None:
         self.listen_specs = [parse_listen(s) for s in (listen or ["udp:127.0.0.1:0"])]
         self.proxy = proxy
@@ -269,6 +270,7 @@ class SipStack:
             on_pong=self._on_pong,
             read_timeout=tcp_header_timeout,
             max_connections_per_source=max_connections_per_source,
+            udp_receive_buffer=udp_receive_buffer,
         )
         self.user_agent = user_agent
         self.handler: RequestHandler | None = None
@@ -365,13 +367,13 @@ class SipStack:
         if self._pumping:
             return
         self._pumping = True
-        core = self.core
+        drain = self.core.drain
         send = self.transports.send
         try:
             while True:
-                for data, target in core.datagrams_to_send():
+                out, events = drain()
+                for data, target in out:
                     send(data, target)
-                events = core.events()
                 if not events:
                     break
                 for event in events:

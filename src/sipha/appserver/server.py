@@ -74,6 +74,7 @@ class AppServer:
             user_agent=cfg.sip.user_agent,
             tcp_header_timeout=cfg.sip.tcp_header_timeout,
             max_connections_per_source=cfg.sip.max_connections_per_source,
+            udp_receive_buffer=cfg.sip.udp_receive_buffer,
         )
         layer = self.stack.layer
         # the same per-source limits and scanner detection as the edge (sipha.protection)

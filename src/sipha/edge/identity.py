@@ -19,11 +19,23 @@ def _bare(host: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
+_CANONICAL: dict[str, str | None] = {}  # host text -> its address (None: a name); bounded
+
+
 def _canonical_ip(host: str) -> str | None:
+    known = _CANONICAL.get(host, _MISSING)
+    if known is not _MISSING:
+        return known  # type: ignore[return-value]
     try:
-        return ipaddress.ip_address(_bare(host)).compressed
+        ip: str | None = ipaddress.ip_address(_bare(host)).compressed
     except ValueError:
-        return None
+        ip = None
+    if len(_CANONICAL) < 10_000:
+        _CANONICAL[host] = ip
+    return ip
+
+
+_MISSING = object()
 
 
 class LocalIdentity:

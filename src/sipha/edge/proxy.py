@@ -51,7 +51,7 @@ def loop_hash(request: Request, top_via: str | None = None) -> str:
         request.from_.tag or "",
         request.call_id,
         str(request.cseq.number),
-        top_via if top_via is not None else str(request.top_via),
+        top_via if top_via is not None else request.top_via_text,
         request.headers.get("proxy-require") or "",
         ",".join(request.headers.get_all("route")),
     ]
@@ -233,7 +233,7 @@ class Proxy:
             via = vias[i]
             if via.sent_by.lower() in ours:
                 # the Via under ours was on top when we forwarded it the first time
-                h = loop_hash(request, str(vias[i + 1]))
+                h = loop_hash(request, vias.text(i + 1))
                 if (via.branch or "").startswith(MAGIC_COOKIE + h):
                     return True
         return False

@@ -31,6 +31,7 @@ from ..config import ConfigError, load_config
 from ..logs import LogThrottle
 from ..protection import Guard
 from ..runtime import GcPolicy
+from ..sip.core import validate_for_proxy
 from ..sip.errors import ParseError
 from ..sip.headers import parse_address
 from ..sip.message import Request
@@ -72,8 +73,10 @@ class EdgeServer:
             cfg.sip.listen,
             user_agent=cfg.sip.user_agent,
             proxy=True,
+            validate=validate_for_proxy,
             tcp_header_timeout=cfg.sip.tcp_header_timeout,
             max_connections_per_source=cfg.sip.max_connections_per_source,
+            udp_receive_buffer=cfg.sip.udp_receive_buffer,
         )
         self.node = cfg.server.node_name or cfg.sip.listen[0]
         self.store = open_store(cfg.registrar.store, self.node)

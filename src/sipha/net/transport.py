@@ -57,6 +57,31 @@ class TransportStats:
     accept_errors: int = 0  # accept() failed (out of file descriptors...)
 
 
+def set_receive_buffer(sock: socket.socket, wanted: int) -> int:
+    """SO_RCVBUF of a UDP socket: what a stall of the event loop can absorb.
+
+    Linux caps SO_RCVBUF at net.core.rmem_max (208 KB by default); a privileged process
+    may go beyond with SO_RCVBUFFORCE. The kernel reports twice the size it books (half
+    is its own bookkeeping, socket(7)); less than asked is logged with the sysctl to raise.
+    """
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, wanted)
+    except (PermissionError, OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if granted < wanted:
+        log.warning(
+            "UDP receive buffer: asked for %d bytes, the kernel granted %d; raise it with "
+            "sysctl -w net.core.rmem_max=%d (or run as root)", wanted, granted, wanted,
+        )  # fmt: skip
+    else:
+        log.info("UDP receive buffer: %d bytes", granted)
+    return granted
+
+
 def describe_os_error(exc: BaseException) -> str:
     """'connection refused', 'timed out'...: the words an operator expects in a reason."""
     errno_ = getattr(exc, "errno", None)
@@ -216,6 +241,7 @@ class TransportManager:
         on_pong: Callable[[Target], None] | None = None,
         read_timeout: float = MESSAGE_READ_TIMEOUT,
         max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE,
+        udp_receive_buffer: int = 0,
     ) -> None:
         self.on_message = on_message
         self.on_failure = on_failure
@@ -225,6 +251,7 @@ class TransportManager:
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
         self.read_timeout = read_timeout
+        self.udp_receive_buffer = udp_receive_buffer  # SO_RCVBUF bytes; 0 = the kernel's
         self.max_connections_per_source = max_connections_per_source
         self.listeners: list[ListenSpec] = []
         self.stats = TransportStats()
@@ -245,6 +272,8 @@ class TransportManager:
             transport, proto = await loop.create_datagram_endpoint(
                 lambda: _Udp(self, spec), local_addr=(spec.host, spec.port)
             )
+            if self.udp_receive_buffer:
+                set_receive_buffer(transport.get_extra_info("socket"), self.udp_receive_buffer)
             port = transport.get_extra_info("sockname")[1]
             bound = spec._replace(port=port)
             proto.spec = bound

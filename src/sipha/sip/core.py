@@ -85,6 +85,11 @@ def validate_fully(request: Request) -> None:
     request.validate()
 
 
+def validate_for_proxy(request: Request) -> None:
+    """What a proxy needs checked (RFC 3261 §16.3): what it routes and matches on."""
+    request.validate_for_proxy()
+
+
 class SipCore:
     """Parsing, ingress policy and the transaction layer of one SIP stack."""
 
@@ -236,12 +241,24 @@ class SipCore:
         tu, self._tu = self._tu, []
         return tu
 
+    def drain(self) -> tuple[list[tuple[bytes, Target]], list[Event]]:
+        """``datagrams_to_send()`` and ``events()`` at once (the adapter's hot path)."""
+        self._collect()
+        out, self._out = self._out, []
+        tu, self._tu = self._tu, []
+        return out, tu
+
     def _collect(self) -> None:
-        for event in self.layer.drain():
+        events = self.layer.events
+        if not events:
+            return
+        self.layer.events = []
+        out, tu = self._out, self._tu
+        for event in events:
             if type(event) is SendMessage:
-                self._out.append((event.data, event.target))
+                out.append((event.data, event.target))
             else:
-                self._tu.append(event)
+                tu.append(event)
 
     # -- time ---------------------------------------------------------------------------------
     def get_timer(self) -> float | None:

@@ -81,6 +81,9 @@ def quote_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_LIST_COMMA = re.compile(r",(?![^<]*>)")  # a comma that no '>' closes before a '<' opens
+
+
 def split_list(text: str) -> list[str]:
     """Split a comma-separated header value (RFC 3261 §7.3.1), honouring quotes and <>.
 
@@ -88,7 +91,13 @@ def split_list(text: str) -> list[str]:
     """
     if "," not in text:
         return [text.strip()]
-    items: list[str] = []
+    if '"' not in text:
+        # the usual Route/Record-Route/Contact list: a comma not inside <...> separates
+        items = [item.strip() for item in _LIST_COMMA.split(text)]
+        if not all(items):
+            raise ParseError("empty element in a comma-separated header value")
+        return items
+    items = []
     depth = 0
     start = 0
     i = 0

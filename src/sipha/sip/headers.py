@@ -71,10 +71,18 @@ T = TypeVar("T")
 
 def header_key(name: str) -> str:
     """Canonical lookup key of a header name: lower case, compact form expanded."""
+    key = _KEYS.get(name)
+    if key is not None:
+        return key
     key = name.lower()
     if len(key) == 1:
-        return COMPACT_FORMS.get(key, key)
+        key = COMPACT_FORMS.get(key, key)
+    if len(_KEYS) < 4096:  # names the code and peers use: bounded, a peer may invent more
+        _KEYS[name] = key
     return key
+
+
+_KEYS: dict[str, str] = {}
 
 
 class Headers:
@@ -126,7 +134,10 @@ class Headers:
             return []
         first = keys.index(key)
         if n == 1:
-            values = [self._values[first]]
+            value = self._values[first]
+            if key in LIST_FIELDS and ("," in value or not value):
+                return split_list(value) if value else []
+            return [value]
         else:
             values = [
                 v for k, v in zip(keys[first:], self._values[first:], strict=True) if k == key
@@ -321,6 +332,10 @@ class LazyList(Sequence[T]):
         for i in range(len(self._raw)):
             yield self[i]
 
+    def text(self, index: int) -> str:
+        """The element's text, unparsed."""
+        return self._raw[index]
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence):
             return list(self) == list(other)
@@ -419,13 +434,55 @@ def parse_via(text: str) -> Via:
     return Via(transport.upper(), host, port, params)
 
 
-@dataclass(slots=True)
 class Address:
-    """name-addr or addr-spec with header parameters (From, To, Contact, Route...)."""
+    """name-addr or addr-spec with header parameters (From, To, Contact, Route...).
 
-    uri: URI
-    display_name: str | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    The URI is parsed when first read: a proxy reads the tags of From and To on every
+    request and their URIs never. A UAS's ``validate()`` reads them, so a bad URI there
+    is still a 400 at the door.
+    """
+
+    __slots__ = ("_uri", "_uri_text", "display_name", "params")
+
+    def __init__(
+        self,
+        uri: URI | str,
+        display_name: str | None = None,
+        params: dict[str, str | None] | None = None,
+    ) -> None:
+        if isinstance(uri, str):
+            self._uri: URI | None = None
+            self._uri_text = uri
+        else:
+            self._uri = uri
+            self._uri_text = ""
+        self.display_name = display_name
+        self.params: dict[str, str | None] = params if params is not None else {}
+
+    @property
+    def uri(self) -> URI:
+        if self._uri is None:
+            self._uri = parse_uri(self._uri_text)
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: URI) -> None:
+        self._uri = value
+        self._uri_text = ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Address):
+            return NotImplemented
+        return (self.uri, self.display_name, self.params) == (
+            other.uri,
+            other.display_name,
+            other.params,
+        )
+
+    __hash__ = None  # type: ignore[assignment] # mutable, like the dataclass it replaced
+
+    def __repr__(self) -> str:
+        return f"Address({self.uri!r}, {self.display_name!r}, {self.params!r})"
 
     @property
     def tag(self) -> str | None:
@@ -458,7 +515,8 @@ class Address:
         if self.display_name:
             dn = self.display_name
             name = (dn if all(is_token(w) for w in dn.split(" ")) else quote_string(dn)) + " "
-        return f"{name}<{self.uri}>{format_params(self.params)}"
+        uri = self._uri_text if self._uri is None else str(self._uri)
+        return f"{name}<{uri}>{format_params(self.params)}"
 
 
 def parse_address(text: str, what: str) -> Address:
@@ -489,9 +547,8 @@ def parse_address(text: str, what: str) -> Address:
     uri_text = uri_text.rstrip(WS)
     if any(c in uri_text for c in "?, \t"):
         raise ParseError(f"a URI with '?', ',' or spaces must be in <> in {what}")
-    uri = parse_uri(uri_text)
     params = parse_params(text[semi:] if semi >= 0 else "", what)
-    return Address(uri=uri, display_name=None, params=params)
+    return Address(uri_text, None, params)
 
 
 def _angle(text: str, display: str | None, what: str) -> Address:
@@ -501,6 +558,7 @@ def _angle(text: str, display: str | None, what: str) -> Address:
     uri_text = text[1:end]
     if uri_text != uri_text.strip(WS):
         raise ParseError(f"white space inside <> in {what}")
-    uri = parse_uri(uri_text)
+    if not uri_text:
+        raise ParseError(f"empty URI in {what}")
     params = parse_params(text[end + 1 :], what)
-    return Address(uri=uri, display_name=display, params=params)
+    return Address(uri_text, display, params)

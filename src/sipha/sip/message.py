@@ -77,24 +77,21 @@ class Message:
         self.body = body
 
     # -- typed accessors (parsed on first use, cached in the Headers) ----------------------
-    def _typed(self, key: str) -> object:
-        return self.headers._cache.get(key, _MISSING)
-
     @property
     def call_id(self) -> str:
-        cached = self._typed("call-id")
+        cached = self.headers._cache.get("call-id", _MISSING)
         if cached is _MISSING:
             value = self.headers.get("call-id")
             if not value:
                 raise ParseError("missing Call-ID")
-            if any(c in value for c in " \t"):
+            if " " in value or "\t" in value:
                 raise ParseError("white space in Call-ID")
             self.headers._cache["call-id"] = cached = value
         return cached  # type: ignore[return-value]
 
     @property
     def cseq(self) -> CSeq:
-        cached = self._typed("cseq")
+        cached = self.headers._cache.get("cseq", _MISSING)
         if cached is _MISSING:
             value = self.headers.first("cseq")
             if value is None:
@@ -105,11 +102,19 @@ class Message:
     @property
     def via(self) -> LazyList[Via]:
         """Every Via, top first (each parsed when first read)."""
-        cached = self._typed("via")
+        cached = self.headers._cache.get("via", _MISSING)
         if cached is _MISSING:
             cached = LazyList(self.headers.get_all("via"), parse_via)
             self.headers._cache["via"] = cached
         return cached  # type: ignore[return-value]
+
+    @property
+    def top_via_text(self) -> str:
+        """The top Via as it will be written (stamped, if it was)."""
+        vias = self.via
+        if not vias:
+            raise ParseError("missing Via")
+        return vias.text(0)
 
     @property
     def top_via(self) -> Via:
@@ -119,7 +124,7 @@ class Message:
         return vias[0]
 
     def _address(self, key: str, what: str) -> Address:
-        cached = self._typed(key)
+        cached = self.headers._cache.get(key, _MISSING)
         if cached is _MISSING:
             value = self.headers.get(key)
             if value is None:
@@ -136,7 +141,7 @@ class Message:
         return self._address("to", "To")
 
     def _address_list(self, key: str, what: str) -> list[Address]:
-        cached = self._typed(key)
+        cached = self.headers._cache.get(key, _MISSING)
         if cached is _MISSING:
             cached = [parse_address(v, what) for v in self.headers.get_all(key)]
             self.headers._cache[key] = cached
@@ -193,14 +198,15 @@ class Message:
         self.call_id  # noqa: B018 - each access parses and raises on bad input
         self.cseq  # noqa: B018
         self.top_via  # noqa: B018
-        self.from_  # noqa: B018
-        self.to  # noqa: B018
+        self.from_.uri  # noqa: B018
+        self.to.uri  # noqa: B018
         if not self.contact_wildcard:
-            self.contact  # noqa: B018
             for c in self.contact:
-                _ = c.expires, c.q
-        self.record_route  # noqa: B018
-        self.route  # noqa: B018
+                _ = c.uri, c.expires, c.q
+        for a in self.record_route:
+            a.uri  # noqa: B018
+        for a in self.route:
+            a.uri  # noqa: B018
         self.max_forwards  # noqa: B018
         self.expires  # noqa: B018
         date = self.headers.get("date")
@@ -270,6 +276,28 @@ class Request(Message):
         cseq = self.cseq
         if cseq.method != self.method:
             raise ParseError(f"CSeq method {cseq.method} does not match {self.method}")
+
+    def validate_for_proxy(self) -> None:
+        """What a proxy must check (RFC 3261 §16.3 and the fields it reads to route and to
+        match transactions): not a UAS's Contact, Record-Route, Expires or Date, which it
+        forwards untouched and whose syntax is the next element's business."""
+        uri = self.uri
+        if isinstance(uri, SipURI) and uri.headers:
+            raise ParseError("Request-URI must not contain headers")
+        keys = self.headers._keys
+        for key in SINGLE_FIELDS:
+            if keys.count(key) > 1:
+                raise ParseError(f"more than one {CANONICAL_NAMES[key]} header")
+        self.call_id  # noqa: B018 - each access parses and raises on bad input
+        cseq = self.cseq
+        if cseq.method != self.method:
+            raise ParseError(f"CSeq method {cseq.method} does not match {self.method}")
+        self.top_via  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        for a in self.route:  # the proxy routes on these
+            a.uri  # noqa: B018
+        self.max_forwards  # noqa: B018
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri_text}>"
