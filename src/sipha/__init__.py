@@ -2,6 +2,54 @@
 
 The protocol core lives in :mod:`sipha.sip` (sans-I/O), the asyncio transports in
 :mod:`sipha.net`, and the engine that binds them in :mod:`sipha.stack`.
+
+The hot modules (listed under ``[tool.sipha] compiled`` in pyproject.toml) may be
+compiled with mypyc (``make compile``); the pure-Python files stay beside them and are
+used when no compiled module exists, or when ``SIPHA_PURE=1`` is set (the tests run
+both ways).
 """
 
-__version__ = "0.4.1"
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+__version__ = "0.5.0"
+
+
+class _SourceFirst:
+    """With SIPHA_PURE=1: load sipha's own ``.py`` files even where a compiled twin exists."""
+
+    @staticmethod
+    def find_spec(
+        name: str, path: object = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not name.startswith("sipha."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)  # type: ignore[arg-type]
+        origin = spec.origin if spec is not None else None
+        if origin is None or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            return None
+        source = origin.rsplit("/", 1)[0] + "/" + name.rsplit(".", 1)[1] + ".py"
+        if not os.path.exists(source):
+            return None
+        return importlib.util.spec_from_file_location(name, source)
+
+
+if os.environ.get("SIPHA_PURE") == "1":
+    sys.meta_path.insert(0, _SourceFirst)
+
+
+def compiled_modules() -> list[str]:
+    """The sipha modules running compiled (mypyc) in this process."""
+    return sorted(
+        name
+        for name, module in sys.modules.items()
+        if name.startswith("sipha.")
+        and (getattr(module, "__file__", None) or "").endswith(
+            tuple(importlib.machinery.EXTENSION_SUFFIXES)
+        )
+    )

@@ -29,7 +29,8 @@ from .net.transport import (
     TransportManager,
 )
 from .sip.core import CoreStats, SipCore, SourceGuard, validate_fully
-from .sip.errors import SipError
+from .sip.errors import TransactionTimeoutError as TransactionTimeoutError
+from .sip.errors import TransportFailure as TransportFailure
 from .sip.framing import MAX_MESSAGE_SIZE
 from .sip.headers import Via
 from .sip.ids import new_branch
@@ -55,27 +56,6 @@ from .sip.uri import SipURI
 log = logging.getLogger("sipha.stack")
 
 USER_AGENT = "sipha/0.3"
-
-
-class TransactionTimeoutError(SipError, TimeoutError):
-    """No response before Timer B/F (or ``sip_transaction_timeout``)."""
-
-    def __init__(self, request: Request, target: Target) -> None:
-        super().__init__(
-            f"408 Request Timeout: no response to {request.method} from {target.host}:{target.port}"
-        )
-        self.request = request
-        self.target = target
-
-
-class TransportFailure(SipError, ConnectionError):
-    """The transport reported the target unreachable (refused, reset, unreachable)."""
-
-    def __init__(self, request: Request, target: Target, reason: str) -> None:
-        super().__init__(reason)
-        self.request = request
-        self.target = target
-        self.reason = reason
 
 
 class IncomingRequest:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sipha.sip import Headers, Request, parse
 from sipha.sip.transaction import Target
-from sipha.stack import SipStack
+from sipha.stack import IncomingRequest, SipStack
 from sipha.ua import InboundCall, UserAgent, simple_sdp
 from tests.edge.helpers import pool, running_edge, sipp_destination, wait_dest_state
 from tests.edge.scenarios import SILENT, destination
@@ -161,9 +161,9 @@ async def test_answered_calls_without_bye_are_forgotten_after_call_memory(
                 ("Call-ID", call_id),
                 ("CSeq", "1 INVITE"),
             )
-            edge.call_answered(
-                ProxyCall(edge.proxy, None, Request("INVITE", "sip:ivr@x", h), pool=edge.pools[0]), dest  # type: ignore[arg-type]
-            )
+            req = Request("INVITE", "sip:ivr@x", h)
+            incoming = IncomingRequest(edge.stack, req, Target("udp", "127.0.0.1", 9), None)
+            edge.call_answered(ProxyCall(edge.proxy, incoming, req, pool=edge.pools[0]), dest)
 
         answered("first")
         answered("second")

@@ -71,24 +71,26 @@ async def test_a_malformed_flood_is_limited_before_parsing_and_calls_go_on(
 async def test_a_proxied_call_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
     """Everything a call builds on the edge must die by reference count: the edge runs with
     automatic full collections off (sipha.runtime), so a cycle per call would be a leak."""
-    async with sipp_destination(tmp_path, destination(ANSWER)) as a:
-        async with running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}"])]) as edge:
-            edge.stack.layer.timers = TimerConfig(t1=0.01, t2=0.04, t4=0.05, timer_c=1.0)
-            await wait_dest_state(edge, 0, 0, "active")
+    async with (
+        sipp_destination(tmp_path, destination(ANSWER)) as a,
+        running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{a}"])]) as edge,
+    ):
+        edge.stack.layer.timers = TimerConfig(t1=0.01, t2=0.04, t4=0.05, timer_c=1.0)
+        await wait_dest_state(edge, 0, 0, "active")
+        gc.collect()
+        gc.disable()
+        try:
+            await calls_through(tmp_path, edge, "180 200", n=50, rate=50)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while edge.stack.layer.size() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            assert edge.stack.layer.size() == 0
+            gc.set_debug(gc.DEBUG_SAVEALL)
             gc.collect()
-            gc.disable()
-            try:
-                await calls_through(tmp_path, edge, "180 200", n=50, rate=50)
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 10
-                while edge.stack.layer.size() and loop.time() < deadline:
-                    await asyncio.sleep(0.05)
-                assert edge.stack.layer.size() == 0
-                gc.set_debug(gc.DEBUG_SAVEALL)
-                gc.collect()
-                ours = [o for o in gc.garbage if type(o).__module__.startswith("sipha")]
-                assert ours == [], sorted({type(o).__qualname__ for o in ours})
-            finally:
-                gc.set_debug(0)
-                gc.garbage.clear()
-                gc.enable()
+            ours = [o for o in gc.garbage if type(o).__module__.startswith("sipha")]
+            assert ours == [], sorted({type(o).__qualname__ for o in ours})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()

@@ -302,8 +302,9 @@ class EdgeServer:
                 # §16.4: a maddr naming us is stripped, with the port and transport it implies
                 params = {k: v for k, v in uri.params.items() if k not in ("maddr", "transport")}
                 req.uri = uri = SipURI(
-                    uri.host, uri.user, uri.password, None, uri.scheme, params, uri.headers
-                )
+                    host=uri.host, user=uri.user, password=uri.password, scheme=uri.scheme,
+                    params=params, headers=uri.headers,
+                )  # fmt: skip
             elif not trusted:
                 return "maddr", "Relaying Denied"
         tags = (req.from_.tag or "", req.to.tag or "")

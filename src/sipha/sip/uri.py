@@ -242,8 +242,8 @@ class TelURI(URI):
 class AbsoluteURI(URI):
     """A URI of another scheme (``http:``, ``urn:``...): kept opaque, compared literally."""
 
-    scheme: str
     opaque: str
+    scheme: str = ""  # a default only so that mypyc's dataclasses accept the order
     text: str = field(default="", repr=False)
 
     def __str__(self) -> str:
