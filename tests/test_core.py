@@ -7,7 +7,8 @@ the request came from, dropping what cannot be answered, bytes serialised once.
 
 from __future__ import annotations
 
-from sipha.protection import Guard, Protection
+from sipha.guard import Guard
+from sipha.protection import Protection
 from sipha.sip import Request, Response, parse
 from sipha.sip.core import SipCore
 from sipha.sip.transaction import RequestReceived, Target

@@ -11,8 +11,10 @@ import logging
 
 import pytest
 
-from sipha.protection import Admission, Guard, Protection
+from sipha.guard import Guard
+from sipha.protection import Protection
 from sipha.sip import Headers, Request
+from sipha.sip.core import Admission
 from sipha.sip.transaction import Target
 
 

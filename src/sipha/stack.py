@@ -456,7 +456,7 @@ class SipStack:
                 incoming.respond(501 if request.method != "OPTIONS" else 200)
             return
         result = handler(incoming)
-        if asyncio.iscoroutine(result):
+        if result is not None and asyncio.iscoroutine(result):  # the ABC check is slow
             task = asyncio.ensure_future(result)
             task.add_done_callback(self._handler_done)
 

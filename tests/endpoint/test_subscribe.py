@@ -92,9 +92,10 @@ def notifier(
     if early:
         # both NOTIFYs go out before the 200 to the SUBSCRIBE, which is sent only once
         # they were answered; SIPp's [last_*] would then be those answers, so the 200 is
-        # built from the SUBSCRIBE's headers kept in variables
-        flow = f"""{notify(1, state, event="dialog")}{notify(2, state)}
-  <recv response="489"/>
+        # built from the SUBSCRIBE's headers kept in variables. Each NOTIFY waits for its
+        # answer: an answer that comes back while SIPp still sends the next is "unexpected"
+        flow = f"""{notify(1, state, event="dialog")}
+  <recv response="489"/>{notify(2, state)}
   <recv response="200"/>
   <send><![CDATA[
       SIP/2.0 200 OK

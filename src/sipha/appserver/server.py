@@ -25,8 +25,8 @@ from aiohttp import web
 
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, ConfigHolder
+from ..guard import Guard
 from ..media.rtp import PortPool
-from ..protection import Guard
 from ..runtime import GcPolicy
 from ..sip.errors import ParseError
 from ..sip.message import reason_phrase

@@ -178,6 +178,12 @@ class Locator:
         The same plan runs, so SRV weights still draw per call; a proxy's hot path asks
         this first and costs a few dict lookups.
         """
+        host = uri.maddr or uri.host
+        if _is_address(host):  # the usual next hop: no plan to run
+            want = uri.transport or ("tls" if uri.secure else (transport or "udp"))
+            if uri.secure and want == "tcp":
+                want = "tls"
+            return [Target(want, host.strip("[]"), uri.port or DEFAULT_PORT[want])]
         plan = self._plan(uri, transport)
         records: list[object] | None = None
         try:
@@ -207,11 +213,8 @@ class Locator:
             forced = "tls"
         want = forced or transport or ("tls" if uri.secure else "udp")
         host = (uri.maddr or uri.host).strip("[]")
-        try:
-            ipaddress.ip_address(host)
+        if _is_address(host):
             return _done([Target(want, host, uri.port or DEFAULT_PORT[want])])
-        except ValueError:
-            pass
         if self.hosts is not None:
             local = self.hosts.lookup(host)
             if local:
@@ -272,6 +275,22 @@ class Locator:
                         ordered.append(group.pop(i))
                         break
         return ordered
+
+
+_ADDRESSES: dict[str, bool] = {}  # host text -> is an IP address (bounded)
+
+
+def _is_address(host: str) -> bool:
+    known = _ADDRESSES.get(host)
+    if known is None:
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            known = True
+        except ValueError:
+            known = False
+        if len(_ADDRESSES) < 10_000:
+            _ADDRESSES[host] = known
+    return known
 
 
 _T = TypeVar("_T")

@@ -172,11 +172,16 @@ class Proxy:
         self.server = server
         self.stack = server.stack
         self._ours: frozenset[str] | None = None  # our Via sent-by values, for is_loop
+        self._hostports: dict[tuple[str, bool], str] = {}  # (transport, IPv6) -> our host:port
 
     # -- building what goes downstream -----------------------------------------------------
     def _our_hostport(self, transport: str, v6: bool = False) -> str:
-        spec = self.stack.local(transport, v6)
-        return format_hostport(spec.host, spec.port)
+        key = (transport, v6)
+        hostport = self._hostports.get(key)
+        if hostport is None:
+            spec = self.stack.local(transport, v6)
+            hostport = self._hostports[key] = format_hostport(spec.host, spec.port)
+        return hostport
 
     def _record_route(self, transport: str, request: Request) -> str:
         """Our Record-Route, signed for this dialog (see :mod:`.route_signature`)."""

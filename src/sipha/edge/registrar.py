@@ -29,7 +29,7 @@ from pathlib import Path
 from pydantic import Field
 
 from ..config import Strict, load_config
-from ..protection import Guard
+from ..guard import Guard
 from ..sip.auth import AuthOutcome, DigestServer
 from ..sip.errors import ParseError
 from ..sip.headers import Address

@@ -28,8 +28,8 @@ from aiohttp import web
 
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, load_config
+from ..guard import Guard
 from ..logs import LogThrottle
-from ..protection import Guard
 from ..runtime import GcPolicy
 from ..sip.core import validate_for_proxy
 from ..sip.errors import ParseError

@@ -254,6 +254,7 @@ class TransportManager:
         self.udp_receive_buffer = udp_receive_buffer  # SO_RCVBUF bytes; 0 = the kernel's
         self.max_connections_per_source = max_connections_per_source
         self.listeners: list[ListenSpec] = []
+        self._local: dict[tuple[str, bool], ListenSpec] = {}  # local_for's answers
         self.stats = TransportStats()
         self._udp: list[_Udp] = []
         self._listen_socks: list[socket.socket] = []
@@ -297,6 +298,7 @@ class TransportManager:
             self._listen_socks.append(sock)
             self._acceptors.append(asyncio.create_task(self._accept_loop(sock, bound)))
         self.listeners.append(bound)
+        self._local.clear()
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_idle())
         return bound
@@ -374,13 +376,20 @@ class TransportManager:
 
     def local_for(self, transport: str, v6: bool = False) -> ListenSpec:
         """The listener whose address goes into Via/Contact for this transport."""
+        spec = self._local.get((transport, v6))
+        if spec is not None:
+            return spec
         candidates = [s for s in self.listeners if s.transport == transport]
         for s in candidates:
             if s.family_v6 == v6:
-                return s
-        if candidates:
-            return candidates[0]
-        raise LookupError(f"no {transport} listener")
+                spec = s
+                break
+        else:
+            if not candidates:
+                raise LookupError(f"no {transport} listener")
+            spec = candidates[0]
+        self._local[(transport, v6)] = spec
+        return spec
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, data: bytes, target: Target) -> None:

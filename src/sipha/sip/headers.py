@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar, overload
 
 from .errors import ParseError
@@ -120,10 +119,8 @@ class Headers:
 
     def first(self, key: str) -> str | None:
         """``get`` for a key already in canonical form (lower case, long name)."""
-        try:
-            return self._values[self._keys.index(key)]
-        except ValueError:
-            return None
+        keys = self._keys
+        return self._values[keys.index(key)] if key in keys else None  # no exception: hot
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a field, comma-separated lists split where RFC 3261 allows."""
@@ -187,20 +184,16 @@ class Headers:
     def add_first(self, name: str, value: str) -> None:
         """Insert before the first field of that name (or at the top): Via, Record-Route."""
         key, written = self._entry(name, value)
-        try:
-            i = self._keys.index(key)
-        except ValueError:
-            i = 0
-        self._insert(i, key, written, value)
+        keys = self._keys
+        self._insert(keys.index(key) if key in keys else 0, key, written, value)
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of that name by one field, kept at the first one's place."""
         key, written = self._entry(name, value)
-        try:
-            i = self._keys.index(key)
-        except ValueError:
+        if key not in self._keys:
             self.add(name, value)
             return
+        i = self._keys.index(key)
         self._names[i] = written
         self._values[i] = value
         j = len(self._keys) - 1
@@ -221,10 +214,9 @@ class Headers:
     def pop_first_value(self, name: str) -> str | None:
         """Remove the first element of a (list) field: a proxy popping its own Route."""
         key = header_key(name)
-        try:
-            i = self._keys.index(key)
-        except ValueError:
+        if key not in self._keys:
             return None
+        i = self._keys.index(key)
         self._cache.pop(key, None)
         v = self._values[i]
         parts = split_list(v) if key in LIST_FIELDS else [v]
@@ -253,11 +245,10 @@ class Headers:
     def set_first_value(self, name: str, value: str) -> None:
         """Replace the first element of a (list) field: a stamped Via, a rewritten Route."""
         key = header_key(name)
-        try:
-            i = self._keys.index(key)
-        except ValueError:
+        if key not in self._keys:
             self.add(name, value)
             return
+        i = self._keys.index(key)
         self._cache.pop(key, None)
         parts = split_list(self._values[i]) if key in LIST_FIELDS else [self._values[i]]
         parts[0] = value
@@ -382,14 +373,34 @@ _VIA_RE = re.compile(
 )
 
 
-@dataclass(slots=True)
 class Via:
     """One Via field value (RFC 3261 §20.42, RFC 3581 rport)."""
 
-    transport: str
-    host: str
-    port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
+    __slots__ = ("host", "params", "port", "transport")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: dict[str, str | None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params: dict[str, str | None] = params if params is not None else {}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Via):
+            return NotImplemented
+        return (self.transport, self.host, self.port, self.params) == (
+            other.transport, other.host, other.port, other.params,
+        )  # fmt: skip
+
+    __hash__ = None  # type: ignore[assignment] # mutable
+
+    def __repr__(self) -> str:
+        return f"Via({self.transport!r}, {self.host!r}, {self.port!r}, {self.params!r})"
 
     @property
     def branch(self) -> str | None:
@@ -418,6 +429,18 @@ class Via:
 
 
 def parse_via(text: str) -> Via:
+    # the form nearly every Via has, "SIP/2.0/UDP host:port;params", read without the
+    # regular expression; anything else (spaces, case, other versions) takes the full rule
+    if text.startswith("SIP/2.0/") and "\t" not in text:
+        sp = text.find(" ", 8)
+        transport = text[8:sp]
+        if sp > 8 and transport.isalpha():
+            semi = text.find(";", sp)
+            hostport = text[sp + 1 :] if semi < 0 else text[sp + 1 : semi]
+            if hostport and " " not in hostport:
+                host, port = parse_hostport(hostport, "Via sent-by")
+                params = parse_params(text[semi:] if semi >= 0 else "", "Via")
+                return _checked_via(transport.upper(), host, port, params)
     m = _VIA_RE.match(text)
     if not m:
         raise ParseError("malformed Via")
@@ -426,12 +449,18 @@ def parse_via(text: str) -> Via:
         raise ParseError(f"Via with SIP version {version}", status=505)
     host, port = parse_hostport(hostport, "Via sent-by")
     params = parse_params(text[m.end() :], "Via")
+    return _checked_via(transport.upper(), host, port, params)
+
+
+def _checked_via(
+    transport: str, host: str, port: int | None, params: dict[str, str | None]
+) -> Via:
     if "ttl" in params or "rport" in params:
         for name in ("ttl", "rport"):
             value = params.get(name)
             if value is not None and (not value.isdigit() or int(value) > 65535):
                 raise ParseError(f"bad Via {name} value")
-    return Via(transport.upper(), host, port, params)
+    return Via(transport, host, port, params)
 
 
 class Address:

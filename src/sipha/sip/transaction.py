@@ -10,7 +10,6 @@ fake clock and never sleep.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
@@ -45,64 +44,91 @@ class State(Enum):
 # -- events -------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+# The events are plain classes, not dataclasses: compiled with mypyc, a dataclass keeps the
+# __init__ the dataclasses module generates in Python, and these are made per message.
+
+
 class SendMessage:
     """Bytes for the wire: each message is serialised once, a retransmission re-sends them."""
 
-    message: Message | None  # None: a retransmission (its message object is gone)
-    target: Target
-    transaction: Transaction | None = None
-    data: bytes = b""
+    __slots__ = ("data", "message", "target", "transaction")
+
+    def __init__(
+        self,
+        message: Message | None,  # None: a retransmission (its message object is gone)
+        target: Target,
+        transaction: Transaction | None = None,
+        data: bytes = b"",
+    ) -> None:
+        self.message = message
+        self.target = target
+        self.transaction = transaction
+        self.data = data
 
 
-@dataclass(slots=True)
 class ResponseReceived:
-    transaction: ClientTransaction
-    response: Response
+    __slots__ = ("response", "transaction")
+
+    def __init__(self, transaction: ClientTransaction, response: Response) -> None:
+        self.transaction = transaction
+        self.response = response
 
 
-@dataclass(slots=True)
 class StrayResponse:
     """A response no client transaction matches (e.g. a 2xx retransmission)."""
 
-    response: Response
-    source: Target
+    __slots__ = ("response", "source")
+
+    def __init__(self, response: Response, source: Target) -> None:
+        self.response = response
+        self.source = source
 
 
-@dataclass(slots=True)
 class RequestReceived:
     """A new request for the transaction user (``transaction`` is None for an ACK)."""
 
-    transaction: ServerTransaction | None
-    request: Request
-    source: Target
+    __slots__ = ("request", "source", "transaction")
+
+    def __init__(
+        self, transaction: ServerTransaction | None, request: Request, source: Target
+    ) -> None:
+        self.transaction = transaction
+        self.request = request
+        self.source = source
 
 
-@dataclass(slots=True)
 class CancelReceived:
     """A CANCEL matched a pending INVITE server transaction; the layer answered 200."""
 
-    transaction: ServerTransaction
-    cancel: Request
+    __slots__ = ("cancel", "transaction")
+
+    def __init__(self, transaction: ServerTransaction, cancel: Request) -> None:
+        self.transaction = transaction
+        self.cancel = cancel
 
 
-@dataclass(slots=True)
 class TransactionTimeout:
-    transaction: Transaction
+    __slots__ = ("transaction",)
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
 
-@dataclass(slots=True)
 class TransportError:
-    transaction: Transaction
-    reason: str
+    __slots__ = ("reason", "transaction")
+
+    def __init__(self, transaction: Transaction, reason: str) -> None:
+        self.transaction = transaction
+        self.reason = reason
 
 
-@dataclass(slots=True)
 class TransactionTerminated:
-    transaction: Transaction
+    __slots__ = ("transaction",)
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
 
 
-@dataclass(slots=True)
 class ServerAbandoned:
     """The watchdog ended a server transaction the TU never answered: 500 was sent.
 
@@ -110,8 +136,11 @@ class ServerAbandoned:
     (a bug, an exception in a task nobody awaited) so the table cannot fill up.
     """
 
-    transaction: ServerTransaction
-    request: Request  # the transaction lets it go when it answers
+    __slots__ = ("request", "transaction")
+
+    def __init__(self, transaction: ServerTransaction, request: Request) -> None:
+        self.transaction = transaction
+        self.request = request  # the transaction lets it go when it answers
 
 
 Event = (
