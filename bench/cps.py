@@ -52,7 +52,7 @@ from tests.sipp import SCENARIOS, free_port, run_sipp  # noqa: E402
 
 from sipha.config import dump_toml  # noqa: E402
 
-RATES = [100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500]
+RATES = [100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000, 2500]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -17,14 +17,14 @@ from .sip.headers import Headers
 from .sip.ids import new_call_id, new_tag
 from .sip.message import Request, Response
 from .sip.transaction import Target
+from .sip.uas import UasProfile, in_dialog_refusal, refuse, screen
 from .sip.uri import URI, SipURI, format_hostport, parse_uri
 from .stack import IncomingRequest, SipStack, resolve_sip_uri
 
 log = logging.getLogger("sipha.ua")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
-ACCEPT = "application/sdp"
-SUPPORTED = "replaces, timer"
+PROFILE = UasProfile(allow=("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO"))
+ALLOW = ", ".join(PROFILE.allow)
 
 
 class CallFailed(SipError):
@@ -95,7 +95,7 @@ class InboundCall(Call):
         self.incoming.respond(status, headers=self._contact_headers(), body=body)
 
     def answer(self, body: bytes = b"", content_type: str = "application/sdp") -> None:
-        headers = [*self._contact_headers(), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        headers = [*self._contact_headers(), ("Allow", ALLOW)]
         self.local_sdp = body
         self.incoming.respond(200, headers=headers, body=body, content_type=content_type)
         self.dialog = Dialog.from_uas(self.request, self.local_tag, confirmed=True)
@@ -132,15 +132,17 @@ class UserAgent:
     # -- inbound -----------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> Awaitable[None] | None:
         req = incoming.request
+        refusal = screen(req, PROFILE)  # §8.2: 405, 416, 420, 415
+        if refusal is not None:
+            refuse(incoming, refusal)
+            return None
         to_tag = req.to.tag
         if to_tag:
             self._in_dialog(incoming, to_tag)
             return None
         if req.method == "OPTIONS":
             self.options_requests += 1
-            incoming.respond(
-                200, headers=[("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)]
-            )
+            incoming.respond(200, headers=PROFILE.capabilities())
         elif req.method == "INVITE":
             call = InboundCall(self, incoming)
             if self.on_invite is None:
@@ -150,25 +152,23 @@ class UserAgent:
         elif req.method == "ACK":
             pass  # an ACK to a non-2xx that outlived its transaction
         elif req.method == "CANCEL":
+            incoming.respond(481)  # its INVITE is not pending here (§9.2)
+        else:  # BYE, UPDATE, INFO without a To tag: no dialog they could belong to
             incoming.respond(481)
-        else:
-            incoming.respond(405, headers=[("Allow", ALLOW)])
         return None
 
     def _in_dialog(self, incoming: IncomingRequest, to_tag: str) -> None:
         req = incoming.request
         call = self.calls.get((req.call_id, to_tag, req.from_.tag or ""))
-        if call is None or call.dialog is None:
-            if req.method != "ACK":
-                incoming.respond(481)
-            return
         if req.method == "ACK":
-            call.established.set()
+            if call is not None:
+                call.established.set()
             return
-        error = call.dialog.receive_request(req)
-        if error is not None:
-            incoming.respond(error)
+        refusal = in_dialog_refusal(req, call.dialog if call is not None else None)
+        if refusal is not None:
+            refuse(incoming, refusal)
             return
+        assert call is not None
         if req.method == "BYE":
             incoming.respond(200)
             call._end("remote BYE")

@@ -23,6 +23,7 @@ from ..sip.headers import Headers
 from ..sip.ids import new_tag
 from ..sip.message import Request
 from ..sip.sdp import AudioDescription, acceptable_offer, answer_sdp, offer_sdp, parse_sdp
+from ..sip.uas import UasProfile, in_dialog_refusal, refuse
 from ..sip.uri import SipURI, TelURI
 from ..stack import (
     IncomingRequest,
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipha.appserver.call")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+# what the appserver implements, and so advertises (§11.2): no extension yet
+PROFILE = UasProfile(allow=("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE"))
+ALLOW = ", ".join(PROFILE.allow)
 
 
 class CallEnded(Exception):
@@ -272,10 +275,9 @@ class Call:
                     self.rtp.dtmf_pt = offer.dtmf_pt
             self.acked.set()
             return
-        assert self.dialog is not None
-        error = self.dialog.receive_request(req)
-        if error is not None:
-            incoming.respond(error)
+        refusal = in_dialog_refusal(req, self.dialog)
+        if refusal is not None:
+            refuse(incoming, refusal)
             return
         if req.method == "BYE":
             incoming.respond(200)

@@ -31,9 +31,10 @@ from ..runtime import GcPolicy
 from ..sip.errors import ParseError
 from ..sip.message import reason_phrase
 from ..sip.transaction import ServerTransaction
+from ..sip.uas import in_dialog_refusal, refuse, screen
 from ..stack import IncomingRequest, SipStack
 from .availability import Availability
-from .call import ALLOW, AppHandler, Call, CallEnded, CallStateError
+from .call import PROFILE, AppHandler, Call, CallEnded, CallStateError
 from .config import AppServerConfig
 from .drain import NOT_DRAINED, DrainState, load_drain, save_drain
 from .health import HealthMonitor
@@ -41,8 +42,6 @@ from .metrics import AppServerMetrics
 
 log = logging.getLogger("sipha.appserver")
 
-ACCEPT = "application/sdp"
-SUPPORTED = ""  # no extensions required of callers
 
 
 def resolve_handler(ref: str) -> AppHandler:
@@ -197,30 +196,30 @@ class AppServer:
     # -- SIP -------------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
         req = incoming.request
+        refusal = screen(req, PROFILE)  # §8.2: 405, 416, 420, 415 before anything else
+        if refusal is not None:
+            if refusal[0] in (405, 416):
+                self._refused(incoming)
+            refuse(incoming, refusal)
+            return
         to_tag = req.to.tag
         if to_tag:
             call = self.calls.get((req.call_id, to_tag))
             if call is not None:
                 call._in_dialog(incoming)
             elif req.method == "OPTIONS":
-                incoming.respond(200, headers=[("Allow", ALLOW), ("Accept", ACCEPT)])
+                incoming.respond(200, headers=PROFILE.capabilities())
             elif req.method != "ACK":
-                incoming.respond(481)
+                refuse(incoming, in_dialog_refusal(req, None) or (481, None, []))
             return
         if req.method == "OPTIONS":
             code = self.options_code()
             self.metrics.options.labels(str(code)).inc()
-            headers = [("Allow", ALLOW), ("Accept", ACCEPT)]
-            if code == 200:
-                headers.append(("Supported", SUPPORTED or "timer"))
-            incoming.respond(code, headers=headers)
+            incoming.respond(code, headers=PROFILE.capabilities())
         elif req.method == "INVITE":
             self._admit(incoming)
-        elif req.method == "CANCEL":
+        elif req.method != "ACK":  # CANCEL (its INVITE is not pending), BYE, INFO, UPDATE
             incoming.respond(481)
-        elif req.method != "ACK":
-            self._refused(incoming)
-            incoming.respond(405, headers=[("Allow", ALLOW)])
 
     def _refused(self, incoming: IncomingRequest) -> None:
         """A refusal the guard's scanner detection counts (a dialled number that does not

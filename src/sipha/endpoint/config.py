@@ -90,7 +90,12 @@ class ConnectionConfig(Strict):
 
     @property
     def aor_domain(self) -> str:
-        return self.domain or self.host.strip("[]")
+        """The host part of this connection's AOR: ``domain``, else the server's host
+        (an IPv6 address keeps its brackets: ``sip:1001@[::1]``, RFC 3261 §25.1)."""
+        if self.domain:
+            return self.domain
+        host = self.host.strip("[]")
+        return f"[{host}]" if ":" in host else host
 
 
 class PhoneConfig(Strict):

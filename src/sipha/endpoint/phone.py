@@ -18,6 +18,7 @@ from ..dns.blacklist import PenaltyBlacklist
 from ..sip.auth import DigestClient
 from ..sip.timers import TimerConfig
 from ..sip.transaction import Target
+from ..sip.uas import refuse, screen
 from ..stack import IncomingRequest, SipStack
 from ..ua import simple_sdp
 from .config import ConnectionConfig, PhoneConfig
@@ -249,6 +250,10 @@ class Phone(CallFlows):
     # -- incoming ---------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
         req = incoming.request
+        refusal = screen(req, self.PROFILE)  # §8.2: 405, 416, 420, 415
+        if refusal is not None:
+            refuse(incoming, refusal)
+            return
         if req.method == "NOTIFY":
             for sub in self.subscriptions.values():
                 if sub.matches(req):
@@ -259,13 +264,9 @@ class Phone(CallFlows):
         elif req.method == "INVITE":
             self.inbound_invite(incoming)
         elif req.method == "OPTIONS":
-            incoming.respond(200, headers=[("Allow", self.ALLOW), ("Accept", "application/sdp")])
-        elif req.method == "ACK":
-            pass
-        elif req.method == "CANCEL":
-            incoming.respond(481)
-        else:
-            incoming.respond(405, headers=[("Allow", self.ALLOW)])
+            incoming.respond(200, headers=self.PROFILE.capabilities())
+        elif req.method != "ACK":  # CANCEL (its INVITE is not pending), BYE, NOTIFY...
+            incoming.respond(481)  # outside any dialog or subscription of ours
 
     def _on_flow_failure(self, target: Target, reason: str) -> None:
         for conn in self.connection_objects():

@@ -22,6 +22,7 @@ from ..sip.dialog import Dialog, DialogState
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request, Response
 from ..sip.transaction import ClientTransaction, Target
+from ..sip.uas import UasProfile, in_dialog_refusal, refuse
 from ..sip.uri import URI, SipURI, parse_uri
 from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure
 from .events import SessionState
@@ -153,7 +154,10 @@ class Session:
 class CallFlows(ProxySender):
     """The Phone's call side (a mixin: it needs the Phone's stack, locator and blacklist)."""
 
-    ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
+    PROFILE = UasProfile(
+        allow=("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "NOTIFY")
+    )
+    ALLOW = ", ".join(PROFILE.allow)
 
     # what these flows use of the Phone (declared here so the mixin type-checks alone)
     phone_sessions: dict[str, Session]
@@ -577,19 +581,16 @@ class CallFlows(ProxySender):
         req = incoming.request
         key = (req.call_id, req.to.tag or "", req.from_.tag or "")
         session = self.dialogs.get(key)
-        if session is None or session.dialog is None:
-            if req.method != "ACK":
-                incoming.respond(481)
-            return
         if req.method == "ACK":
-            if not session._acked.is_set():
+            if session is not None and not session._acked.is_set():
                 session._acked.set()
                 session.set_state("established", "ACK received")
             return
-        error = session.dialog.receive_request(req)
-        if error is not None:
-            incoming.respond(error)
+        refusal = in_dialog_refusal(req, session.dialog if session is not None else None)
+        if refusal is not None:
+            refuse(incoming, refusal)
             return
+        assert session is not None and session.dialog is not None
         if req.method == "BYE":
             incoming.respond(200)
             session.dialog.state = DialogState.TERMINATED

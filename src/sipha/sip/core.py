@@ -171,10 +171,13 @@ class SipCore:
             return
         try:
             resp = make_response(request, exc.status, exc.reason_phrase, to_tag=new_tag())
-            target = response_target(request, source)
         except ParseError:
             self.stats.garbage += 1
             return
+        try:
+            target = response_target(request, source)
+        except ParseError:  # the Via is what is wrong: answer where the request came from
+            target = source
         resp.headers.add("Server", self.user_agent)
         self._out.append((bytes(resp), target))
 
@@ -304,5 +307,4 @@ def salvage_request(data: bytes) -> Request | None:
     for field_name in ("via", "from", "to", "call-id", "cseq"):
         if field_name not in h:
             return None
-    req.top_via  # noqa: B018 - raises when even the Via is unreadable
-    return req
+    return req  # an unreadable Via is copied as it is; the answer goes to the source
