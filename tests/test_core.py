@@ -65,6 +65,7 @@ def test_unknown_version_gets_505_and_garbage_is_dropped_and_counted() -> None:
     ((resp, _),) = sent(core)
     assert resp.status == 505
     core.receive_datagram(b"\x16\x03\x01 not SIP at all", SRC, 1.0)
+    # no From, To, Call-ID or CSeq: no answer could be matched to it, so none is sent
     core.receive_datagram(b"OPTIONS sip:x SIP/2.0\r\nVia: garbage\r\n\r\n", SRC, 2.0)
     assert sent(core) == [] and core.stats.garbage == 2
 
@@ -72,7 +73,11 @@ def test_unknown_version_gets_505_and_garbage_is_dropped_and_counted() -> None:
 def test_the_guard_runs_before_parsing() -> None:
     core = SipCore()
     core.guard = Guard(Protection(rate=1, burst=1, hard_limit=3), lambda host: 0)
-    malformed = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKm\r\n\r\n"
+    malformed = (
+        b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKm\r\n"
+        b"From: <sip:a@x>;tag=1\r\nTo: <sip:x>\r\nCall-ID: m\r\nCSeq: 1 OPTIONS\r\n"
+        b"CSeq: 2 OPTIONS\r\n\r\n"
+    )
     for i in range(100):  # a flood of malformed requests within one second
         core.receive_datagram(malformed, SRC, 10.0 + i * 0.001)
     answers = sent(core)

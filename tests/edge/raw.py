@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 from collections.abc import AsyncIterator
 
 from sipha.sip import Response, parse
+
+_CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(.*?)\r\n", re.M | re.I)
+
+
+def call_id_of(data: bytes) -> str | None:
+    """The Call-ID of a message read as text (the message may not parse)."""
+    found = _CALL_ID.search(data)
+    return found.group(1).decode("utf-8", "surrogateescape").strip() if found else None
 
 
 class _Collect(asyncio.DatagramProtocol):
@@ -42,10 +51,11 @@ class RawPeer:
         deadline = loop.time() + timeout
         while True:
             data = await asyncio.wait_for(self.proto.queue.get(), deadline - loop.time())
-            msg = parse(data)
-            if not isinstance(msg, Response) or (final and msg.status < 200):
+            # by text: an answer may echo a malformed header
+            if call_id is not None and call_id_of(data) != call_id:
                 continue
-            if call_id is None or msg.call_id == call_id:
+            msg = parse(data)
+            if isinstance(msg, Response) and (msg.status >= 200 or not final):
                 return msg
 
     def received(self) -> list[bytes]:

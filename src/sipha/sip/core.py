@@ -45,6 +45,7 @@ from .transaction import (
 log = logging.getLogger("sipha.sip.core")
 
 LOG_EVERY = 60.0  # s between two "bad request" lines about the same source
+CORRELATING = ("from", "to", "call-id", "cseq")  # §8.2.6.2: what every answer copies
 
 
 class Admission(Enum):
@@ -168,6 +169,9 @@ class SipCore:
         self.stats.bad_requests += 1
         self._log_bad(source, exc.reason, now)
         if request.method == "ACK":
+            return
+        if any(request.headers.first(key) is None for key in CORRELATING):
+            self.stats.garbage += 1  # an answer no client could match to its request
             return
         try:
             resp = make_response(request, exc.status, exc.reason_phrase, to_tag=new_tag())

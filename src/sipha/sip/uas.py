@@ -7,8 +7,9 @@ dialog, is written once, here:
 - :func:`screen` is §8.2.1–8.2.3 in the RFC's order: a method it does not implement gets
   405 with ``Allow``; a Request-URI scheme it does not handle, 416; a ``Require`` naming
   an extension it does not support, 420 with ``Unsupported`` (never for ACK or CANCEL,
-  §8.2.2.3); a body of a type or encoding it cannot read, 415 with ``Accept`` /
-  ``Accept-Encoding``.
+  §8.2.2.3); a session description (the body of INVITE, ACK, UPDATE, PRACK) of a type or
+  encoding it cannot read, 415 with ``Accept`` / ``Accept-Encoding``. Other bodies (a
+  NOTIFY's event state, an INFO's digits) are the application's to judge.
 - :func:`in_dialog_refusal` is §12.2.2: no dialog is 481, a CSeq that went backwards 500
   (an ACK is never answered).
 - :meth:`UasProfile.capabilities` are the headers of an answer to OPTIONS (§11.2): only
@@ -30,6 +31,8 @@ from .message import Request
 Refusal = tuple[int, str | None, list[tuple[str, str]]]
 
 ALWAYS = ("ACK", "CANCEL")  # methods every UAS handles, listed in Allow or not
+# methods whose body is the offer/answer the UAS itself reads (Accept applies)
+SESSION_BODIES = frozenset({"INVITE", "ACK", "UPDATE", "PRACK"})
 
 
 class Answerable(Protocol):
@@ -83,7 +86,7 @@ def screen(request: Request, profile: UasProfile) -> Refusal | None:
         unknown = [t for t in request.headers.get_all("require") if t not in profile.supported]
         if unknown:
             return 420, None, [("Unsupported", ", ".join(unknown))]
-    if request.body:
+    if request.body and method in SESSION_BODIES:
         ctype = request.content_type
         if ctype is not None and ctype not in profile.accept and not ctype.startswith("multipart/"):
             return 415, None, [("Accept", ", ".join(profile.accept))]
