@@ -97,14 +97,24 @@ async def wait_dest_state(
 
 
 async def calls_through(
-    tmp_path: Path, edge: EdgeServer, expect: str, n: int = 1, rate: int = 10, *extra: str
+    tmp_path: Path,
+    edge: EdgeServer,
+    expect: str,
+    n: int = 1,
+    rate: int = 10,
+    *extra: str,
+    user: str = "ivr",
+    domain: str | None = None,
 ) -> str:
+    """SIPp calls ``user`` (at the edge's address, or at ``domain``) through the edge and
+    must see the responses in ``expect`` (see ``scenarios.caller``)."""
     from tests.edge.scenarios import caller
 
     path = tmp_path / f"caller-{free_port()}.xml"
-    path.write_text(caller(expect))
+    path.write_text(caller(expect, domain) if domain else caller(expect))
+    host = edge.stack.local("udp").host
     result = await run_sipp(
-        "-sf", str(path), f"127.0.0.1:{edge_port(edge)}", "-s", "ivr", "-m", str(n), "-r", str(rate),
+        "-sf", str(path), f"{host}:{edge_port(edge)}", "-s", user, "-m", str(n), "-r", str(rate),
         "-l", "50", "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()), *extra, timeout=60,
     )  # fmt: skip
     assert result.ok, result.output[-3000:]

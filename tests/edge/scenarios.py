@@ -81,16 +81,17 @@ SILENT = """
 """
 
 
-def caller(expect: str) -> str:
+def caller(expect: str, domain: str = "[remote_ip]:[remote_port]") -> str:
     """A caller through the edge; ``expect``: the responses it must see, in order, e.g.
-    "180 503" (then it ACKs) or "200" (then ACK, BYE). Anything else fails the call."""
+    "180 503" (then it ACKs) or "200" (then ACK, BYE). Anything else fails the call.
+    It calls sip:[service]@``domain`` (the edge's address unless a served domain)."""
     codes = expect.split()
     rrs = ' rrs="true"'
     recvs = "".join(f'  <recv response="{c}"{rrs if c == "200" else ""}/>\n' for c in codes)
     final = codes[-1]
     head = """      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>{tag}
+      To: <sip:[service]@{domain}>{tag}
       Call-ID: [call_id]
       CSeq: {cseq}
       Contact: <sip:sipp@[local_ip]:[local_port]>
@@ -100,7 +101,7 @@ def caller(expect: str) -> str:
 
       ACK [next_url] SIP/2.0
       [routes]
-{head.format(tag="[peer_tag_param]", cseq="1 ACK")}
+{head.format(domain=domain, tag="[peer_tag_param]", cseq="1 ACK")}
       Content-Length: 0
 
   ]]></send>
@@ -109,7 +110,7 @@ def caller(expect: str) -> str:
 
       BYE [next_url] SIP/2.0
       [routes]
-{head.format(tag="[peer_tag_param]", cseq="2 BYE")}
+{head.format(domain=domain, tag="[peer_tag_param]", cseq="2 BYE")}
       Content-Length: 0
 
   ]]></send>
@@ -118,8 +119,8 @@ def caller(expect: str) -> str:
     else:
         after = f"""  <send ack_txn="invite"><![CDATA[
 
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-{head.format(tag="[peer_tag_param]", cseq="1 ACK")}
+      ACK sip:[service]@{domain} SIP/2.0
+{head.format(domain=domain, tag="[peer_tag_param]", cseq="1 ACK")}
       Content-Length: 0
 
   ]]></send>
@@ -130,8 +131,8 @@ def caller(expect: str) -> str:
 <scenario name="caller expecting {expect}">
   <send retrans="500"{txn}><![CDATA[
 
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-{head.format(tag="", cseq="1 INVITE")}
+      INVITE sip:[service]@{domain} SIP/2.0
+{head.format(domain=domain, tag="", cseq="1 INVITE")}
       Content-Type: application/sdp
       Content-Length: [len]
 

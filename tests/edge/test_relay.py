@@ -55,7 +55,9 @@ async def test_nothing_an_outsider_sends_is_relayed(tmp_path: Path) -> None:
             (request("MESSAGE", f"sip:ivr@{OUTSIDE}:{outside.port};maddr={OUTSIDE}", attacker), 403, "maddr (pool user)"),
             # the strict-route trick: our address as the Request-URI, the target last
             (request("INVITE", f"sip:127.0.0.1:{edge_port}", attacker, route=f"<{far}>"), 403, "strict route"),
-            (request("BYE", f"sip:127.0.0.1:{edge_port}", attacker, route=f"<{far}>", to_tag="t1"), 404, "strict route in dialog"),
+            (request("INVITE", f"sip:127.0.0.1:{edge_port};lr", attacker, route=f"<{far}>"), 403, "strict route (lr)"),
+            (request("BYE", f"sip:127.0.0.1:{edge_port};lr", attacker, route=f"<{far}>", to_tag="t1"), 404, "strict route in dialog"),
+            (request("BYE", f"sip:127.0.0.1:{edge_port}", attacker, route=f"<{far}>", to_tag="t1"), 403, "foreign Route in dialog"),
             # a Route naming the edge whose signature is forged or for another dialog
             (request("BYE", far, attacker, route=forged, to_tag="t1"), 403, "forged signature"),
             (request("BYE", far, attacker, route=other_call, to_tag="t1"), 403, "another call's signature"),

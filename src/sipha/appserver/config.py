@@ -35,6 +35,10 @@ class SipSection(Strict):
     # s from the first byte of a message on a TCP/TLS connection to its last (a peer that
     # drips one byte a minute is closed); like Kamailio's tcp_msg_read_timeout
     tcp_header_timeout: float = Field(10.0, gt=0, le=300)
+    # s a TCP/TLS connection may stay idle before it is closed; a connection that carries
+    # a registration is kept open while the registration lives (Kamailio's
+    # tcp_connection_lifetime, 120 s; its tcp_persistent_flag)
+    tcp_idle_timeout: float = Field(300.0, gt=0, le=86400)
     # TCP/TLS connections one address may hold open; more are closed at accept
     max_connections_per_source: int = Field(100, ge=1)
     # SO_RCVBUF of the UDP sockets, bytes: what survives a stall of the event loop.

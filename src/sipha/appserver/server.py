@@ -72,6 +72,7 @@ class AppServer:
             cfg.sip.listen,
             user_agent=cfg.sip.user_agent,
             tcp_header_timeout=cfg.sip.tcp_header_timeout,
+            idle_timeout=cfg.sip.tcp_idle_timeout,
             max_connections_per_source=cfg.sip.max_connections_per_source,
             udp_receive_buffer=cfg.sip.udp_receive_buffer,
         )

@@ -127,6 +127,7 @@ class ProxyCall:
         "cancelled",
         "done",
         "finals",
+        "flows_failed",
         "incoming",
         "on_done",
         "on_exhausted",
@@ -158,6 +159,7 @@ class ProxyCall:
         self.done = False
         self.answered = False
         self.cancelled = False
+        self.flows_failed = False  # an RFC 5626 flow was gone: 430 rather than 503
         self.on_done: Callable[[ProxyCall], None] | None = None
         self.on_exhausted: Callable[[], bool] | None = None  # start more branches (next q group)
 
@@ -175,7 +177,7 @@ class Proxy:
         self._hostports: dict[tuple[str, bool], str] = {}  # (transport, IPv6) -> our host:port
 
     # -- building what goes downstream -----------------------------------------------------
-    def _our_hostport(self, transport: str, v6: bool = False) -> str:
+    def our_hostport(self, transport: str, v6: bool = False) -> str:
         key = (transport, v6)
         hostport = self._hostports.get(key)
         if hostport is None:
@@ -183,17 +185,21 @@ class Proxy:
             hostport = self._hostports[key] = format_hostport(spec.host, spec.port)
         return hostport
 
-    def _record_route(self, transport: str, request: Request) -> str:
-        """Our Record-Route, signed for this dialog (see :mod:`.route_signature`)."""
+    def _record_route(
+        self, transport: str, request: Request, flow_params: str = "", pinned: bool = False
+    ) -> str:
+        """Our Record-Route, signed for this dialog (see :mod:`.route_signature`), with
+        ``flow_params`` (a flow token) when the callee is behind a flow. ``pinned``: this
+        node's own address even in a cluster, for a TCP/TLS flow only this node holds."""
         param = "" if transport == "udp" else f";transport={transport}"
         shared = self.server.config.sip.record_route_host
         hostport = (
             format_hostport(shared, self.stack.local(transport).port)
-            if shared
-            else self._our_hostport(transport)
+            if shared and not pinned
+            else self.our_hostport(transport)
         )
         sig = self.server.signer.sign(request.call_id, request.from_.tag or "")
-        return f"<sip:{hostport};lr{param};{SIGNATURE}={sig}>"
+        return f"<sip:{hostport};lr{param};{SIGNATURE}={sig}{flow_params}>"
 
     def prepare(
         self,
@@ -202,6 +208,7 @@ class Proxy:
         target: Target,
         inbound: str,
         record_route: bool = False,
+        flow_params: str = "",
     ) -> Request:
         """The request as it leaves: new R-URI, Max-Forwards-1, Record-Route, our Via."""
         fwd = Request(
@@ -216,11 +223,14 @@ class Proxy:
         fwd.headers.set("Max-Forwards", str(70 if mf is None else mf - 1))
         if record_route or (request.method in DIALOG_CREATING and not request.to.tag):
             # RFC 5658 double Record-Route when the call switches transports
+            pinned = bool(flow_params) and target.reliable
             if inbound != target.transport:
-                fwd.headers.add_first("Record-Route", self._record_route(inbound, request))
-            fwd.headers.add_first("Record-Route", self._record_route(target.transport, request))
+                rr = self._record_route(inbound, request, flow_params, pinned)
+                fwd.headers.add_first("Record-Route", rr)
+            rr = self._record_route(target.transport, request, flow_params, pinned)
+            fwd.headers.add_first("Record-Route", rr)
         branch = f"{MAGIC_COOKIE}{loop_hash(request)}.{self.server.next_branch_id()}"
-        sent_by = self._our_hostport(target.transport, ":" in target.host)
+        sent_by = self.our_hostport(target.transport, ":" in target.host)
         via = f"SIP/2.0/{target.transport.upper()} {sent_by};branch={branch}"
         fwd.headers.add_first("Via", via)
         return fwd
@@ -230,8 +240,7 @@ class Proxy:
         ours = self._ours
         if ours is None:
             ours = self._ours = frozenset(
-                self._our_hostport(s.transport, s.family_v6).lower()
-                for s in self.stack.listen_specs
+                self.our_hostport(s.transport, s.family_v6).lower() for s in self.stack.listen_specs
             )
         vias = request.via
         for i in range(len(vias) - 1):
@@ -286,11 +295,15 @@ class Proxy:
         target: Target,
         dest: DestinationRuntime | None,
         routes: list[str] | None = None,
+        flow_params: str = "",
     ) -> Branch:
+        """A new branch to ``target``; ``flow_params`` when ``target`` is a flow a UA
+        opened (its token goes into our Record-Route, see :mod:`.route_signature`)."""
         branch = Branch(pc, target, dest)
         fwd = self.prepare(
-            pc.request, ruri, target, pc.incoming.source.transport, record_route=pc.record_route
-        )
+            pc.request, ruri, target, pc.incoming.source.transport,
+            record_route=pc.record_route, flow_params=flow_params,
+        )  # fmt: skip
         for route in reversed(routes or []):  # RFC 3327: a registered Path becomes the Route
             fwd.headers.add_first("Route", route)
         pc.branches.append(branch)
@@ -446,7 +459,11 @@ class Proxy:
         pc.done = True
         if pc.finals:
             self.relay(pc, best_response(pc.finals))
-        elif not pc.incoming.answered:
+        elif pc.incoming.answered:
+            pass
+        elif pc.flows_failed:  # RFC 5626 §5.3: the UA registers a new flow on a 430
+            pc.incoming.respond(430, "Flow Failed")
+        else:
             pc.incoming.respond(503, "No Destination Available", headers=[("Retry-After", "5")])
         self._finish(pc)
 

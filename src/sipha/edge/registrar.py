@@ -34,6 +34,7 @@ from ..sip.auth import AuthOutcome, DigestServer
 from ..sip.errors import ParseError
 from ..sip.headers import Address
 from ..sip.message import Request
+from ..sip.transaction import Target
 from ..sip.uri import SipURI, parse_uri
 from ..stack import IncomingRequest
 from ..store.base import Binding, Store
@@ -79,8 +80,14 @@ class Registrar:
         is_us: Callable[[SipURI], bool] = lambda uri: False,
         guard: Guard | None = None,
         nonce_secret: bytes | None = None,
+        keep_flow: Callable[[Target, float], None] = lambda flow, seconds: None,
+        flow_path: Callable[[Target], str] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.keep_flow = keep_flow  # the transport keeps a registered TCP/TLS flow open
+        # the Path entry (with a flow token) that brings a request for an RFC 5626 binding
+        # back to this node and its flow, from any node of the cluster
+        self.flow_path = flow_path
         self.store = store
         self.node = node
         self.is_us = is_us
@@ -194,8 +201,7 @@ class Registrar:
 
     async def _holds_binding(self, aor: str, host: str) -> bool:
         bindings = await self.store.get_bindings(aor)
-        # Binding.source is "transport:host:port"
-        return any(b.source.partition(":")[2].rpartition(":")[0] == host for b in bindings)
+        return any(b.flow is not None and b.flow.host == host for b in bindings)
 
     @asynccontextmanager
     async def _serialised(self, aor: str) -> AsyncIterator[None]:
@@ -235,10 +241,24 @@ class Registrar:
             incoming.respond(400, exc.reason_phrase)
             return
         self.registrations += 1
-        self._ok(incoming, bindings, path)
+        self._keep_flows(incoming, bindings)
+        self._ok(incoming, bindings, path, outbound=any(o for _, _, o in contacts))
 
-    def _check_contacts(self, req: Request) -> list[tuple[Address, SipURI]]:
-        out = []
+    def _keep_flows(self, incoming: IncomingRequest, bindings: list[Binding]) -> None:
+        """A connection that carries a binding stays open while the binding lives: the
+        registered UA is called through it."""
+        src = incoming.source
+        if src.transport == "udp":
+            return
+        mine = [b.expires_in() for b in bindings if b.flow == src and b.node == self.node]
+        if mine:
+            self.keep_flow(src, max(mine))
+
+    def _check_contacts(self, req: Request) -> list[tuple[Address, SipURI, tuple[str, int] | None]]:
+        """The Contacts to bind, each with its RFC 5626 (instance, reg-id) when the UA asks
+        for outbound (``Supported: outbound`` and both Contact parameters)."""
+        outbound_ok = "outbound" in req.headers.get_all("supported")
+        out: list[tuple[Address, SipURI, tuple[str, int] | None]] = []
         for c in req.contact:
             uri = c.uri
             if not isinstance(uri, SipURI):
@@ -247,7 +267,11 @@ class Registrar:
                 # a call to this user would come back here and fork again
                 raise Refusal(403, "Contact Points To This Edge")
             _ = c.expires, c.q  # ParseError -> 400
-            out.append((c, uri))
+            out.append((c, uri, _outbound(c) if outbound_ok else None))
+        if any(o for _, _, o in out) and len(req.via) > 1 and not _first_hop_ob(req):
+            # RFC 5626 §6: the first hop must keep the flow; a proxy between the UA and
+            # this registrar that did not say so (Path with ;ob) cannot
+            raise Refusal(439, "First Hop Lacks Outbound Support")
         if len(out) > self.cfg.max_contacts:
             raise Refusal(403, "Too Many Contacts")
         return out
@@ -257,7 +281,7 @@ class Registrar:
         incoming: IncomingRequest,
         req: Request,
         aor: str,
-        contacts: list[tuple[Address, SipURI]],
+        contacts: list[tuple[Address, SipURI, tuple[str, int] | None]],
     ) -> tuple[list[Binding], list[str]]:
         cfg = self.cfg
         header_expires = req.expires
@@ -267,16 +291,22 @@ class Registrar:
         path = req.headers.get_all("path") if "path" in req.headers.get_all("supported") else []
         src = incoming.source
         source = f"{src.transport}:{src.host}:{src.port}"
+        # an outbound binding from the UA itself (no proxy between): this node is its
+        # first hop and keeps its flow (RFC 5626 §5.1, §6)
+        flow_path = path
+        if self.flow_path is not None and len(req.via) == 1:
+            flow_path = [self.flow_path(src), *path]
         call_id, cseq = req.call_id, req.cseq.number
-        wanted: list[tuple[SipURI, str, int, float]] = []  # uri, text, expires, q
-        for c, uri in contacts:
+        # uri, text, expires, q, RFC 5626 (instance, reg-id)
+        wanted: list[tuple[SipURI, str, int, float, tuple[str, int] | None]] = []
+        for c, uri, outbound in contacts:
             expires = c.expires if c.expires is not None else header_expires
             if expires is None:
                 expires = cfg.default_expires
             if 0 < expires < cfg.min_expires:
                 raise Refusal(423, headers=[("Min-Expires", str(cfg.min_expires))])
             q = c.q if c.q is not None else 1.0
-            wanted.append((uri, str(uri), min(expires, cfg.max_expires), q))
+            wanted.append((uri, str(uri), min(expires, cfg.max_expires), q, outbound))
         if wanted and not await self._room_for(aor):
             raise Refusal(503, "Registrar Full", [("Retry-After", "60")])
         now = time.time()
@@ -289,8 +319,11 @@ class Registrar:
                 return []
             kept = list(current)
             parsed = [_uri_of(b) for b in kept]
-            for uri, text, expires, q in wanted:
-                i = next((k for k, p in enumerate(parsed) if p == uri), None)
+            for uri, text, expires, q, outbound in wanted:
+                if outbound is None:  # §10.3: the binding is the Contact URI
+                    i = next((k for k, p in enumerate(parsed) if p == uri), None)
+                else:  # RFC 5626 §6: the binding is the (instance, reg-id) pair
+                    i = next((k for k, b in enumerate(kept) if _flow_id(b) == outbound), None)
                 if i is not None:
                     old = kept[i]
                     if old.call_id == call_id and cseq <= old.cseq:
@@ -301,7 +334,10 @@ class Registrar:
                 kept.append(
                     Binding(
                         contact=text, expires_at=now + expires, q=q, call_id=call_id,
-                        cseq=cseq, path=path, source=source, node=self.node, updated_at=now,
+                        cseq=cseq, path=flow_path if outbound else path, source=source,
+                        node=self.node, updated_at=now,
+                        instance=outbound[0] if outbound else "",
+                        reg_id=outbound[1] if outbound else 0,
                     )
                 )  # fmt: skip
                 parsed.append(uri)
@@ -320,14 +356,51 @@ class Registrar:
             return True
         return await self.store.count_aors() < self.cfg.max_aors
 
-    def _ok(self, incoming: IncomingRequest, bindings: list[Binding], path: list[str]) -> None:
-        headers = [("Contact", f"<{b.contact}>;expires={b.expires_in()}") for b in bindings]
+    def _ok(
+        self,
+        incoming: IncomingRequest,
+        bindings: list[Binding],
+        path: list[str],
+        outbound: bool = False,
+    ) -> None:
+        headers = [("Contact", _contact_value(b)) for b in bindings]
         headers += [("Path", p) for p in path]
+        if outbound:
+            headers.append(("Require", "outbound"))  # RFC 5626 §6: the flows are kept
         headers.append(("Date", formatdate(usegmt=True)))
         incoming.respond(200, headers=headers)
 
     async def lookup(self, aor: str) -> list[Binding]:
         return await self.store.get_bindings(aor)
+
+
+def _outbound(contact: Address) -> tuple[str, int] | None:
+    """A Contact's RFC 5626 (+sip.instance, reg-id), when it has both."""
+    params = {k.lower(): v for k, v in contact.params.items()}
+    instance, reg_id = params.get("+sip.instance"), params.get("reg-id")
+    if not instance or not reg_id:
+        return None
+    if not reg_id.isdigit() or not 0 < int(reg_id) < 2**31:
+        raise ParseError("reg-id must be a positive integer")
+    return instance.strip('"'), int(reg_id)
+
+
+def _first_hop_ob(req: Request) -> bool:
+    """Whether the proxy next to the UA said it keeps flows: ``;ob`` in its Path, the
+    last one (RFC 5626 §5.1)."""
+    paths = req.headers.get_all("path")
+    return bool(paths) and ";ob" in paths[-1].replace(" ", "").lower()
+
+
+def _flow_id(binding: Binding) -> tuple[str, int] | None:
+    return (binding.instance, binding.reg_id) if binding.reg_id else None
+
+
+def _contact_value(b: Binding) -> str:
+    value = f"<{b.contact}>;expires={b.expires_in()}"
+    if b.reg_id:
+        value += f';+sip.instance="{b.instance}";reg-id={b.reg_id}'
+    return value
 
 
 def _uri_of(binding: Binding) -> SipURI | None:

@@ -8,6 +8,11 @@ requests of that dialog carry the same Route; the edge recomputes the HMAC with 
 tag (requests from the callee have the tags the other way round) and forwards only on a
 match. A forged Route would need the key.
 
+The same key signs flow tokens (RFC 5626 §5.2): ``;fl=`` in the Path the edge stores for
+an outbound registration and in the Record-Route of a call it delivers over a connection
+a phone opened. A request that comes back with the token goes over that connection; the
+token names it (transport, address, port) and its MAC says the edge wrote it.
+
 The key comes from ``sip.route_secret_file`` and must be the same on every node of a
 cluster (a call set up through one node may continue through another). Without a file
 each process makes a random key: fine for one node, fatal for several (a warning says
@@ -21,7 +26,10 @@ import hmac
 import secrets
 from pathlib import Path
 
+from ..sip.transaction import Target
+
 PARAM = "sg"  # the Record-Route URI parameter
+FLOW = "fl"  # the flow token parameter (Path and Record-Route)
 MIN_SECRET = 16  # bytes a route secret file must hold
 
 
@@ -49,6 +57,32 @@ class RouteSigner:
             return False
         given = signature.encode("utf-8", "surrogateescape")
         return any(hmac.compare_digest(given, self.sign(call_id, t).encode()) for t in tags)
+
+    def flow_token(self, flow: Target) -> str:
+        """A token naming ``flow``, signed (URI-parameter safe: base64url and a dot)."""
+        text = f"{flow.transport}:{flow.host}:{flow.port}".encode()
+        mac = self._keyed.copy()
+        mac.update(b"flow\n" + text)
+        payload = base64.urlsafe_b64encode(text).rstrip(b"=").decode()
+        return f"{payload}.{base64.urlsafe_b64encode(mac.digest()[:12]).decode()}"
+
+    def flow_of(self, token: str | None) -> Target | None:
+        """The flow a token names, when this edge (or a node with its key) wrote it."""
+        if not token or "." not in token:
+            return None
+        payload, _, given = token.partition(".")
+        try:
+            text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        except ValueError:
+            return None
+        mac = self._keyed.copy()
+        mac.update(b"flow\n" + text)
+        want = base64.urlsafe_b64encode(mac.digest()[:12]).decode()
+        if not hmac.compare_digest(given.encode(), want.encode()):
+            return None
+        transport, _, rest = text.decode().partition(":")
+        host, _, port = rest.rpartition(":")
+        return Target(transport, host, int(port))
 
     def derive(self, label: bytes) -> bytes:
         """A key for another purpose (digest nonces) that every node shares too."""

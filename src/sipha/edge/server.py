@@ -22,7 +22,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -36,7 +36,7 @@ from ..sip.errors import ParseError
 from ..sip.headers import parse_address
 from ..sip.message import Request
 from ..sip.transaction import Target
-from ..sip.uri import SipURI, parse_uri
+from ..sip.uri import URI, SipURI, format_hostport, parse_uri
 from ..stack import IncomingRequest, SipStack
 from ..store import open_store
 from ..store.base import Binding
@@ -47,8 +47,8 @@ from .pools import ADMIN_STATES, DestinationRuntime, PoolRuntime
 from .prober import Prober
 from .proxy import Proxy, ProxyCall
 from .registrar import Registrar
+from .route_signature import FLOW, RouteSigner, load_secret
 from .route_signature import PARAM as SIGNATURE
-from .route_signature import RouteSigner, load_secret
 from .status_page import STATUS_PAGE
 
 log = logging.getLogger("sipha.edge")
@@ -62,6 +62,22 @@ class Routing:
     """A request the anti-relay rules let through."""
 
     followed_ours: bool  # it carried a Route naming this edge (now popped)
+    # that Route's flow token (Path of an outbound binding, or our Record-Route of a call
+    # delivered over a UA's connection): the connection toward the UA
+    flow: Target | None = None
+    outbound: bool = False  # an RFC 5626 flow: when it is gone, 430
+
+
+class Reach(NamedTuple):
+    """How a registered contact is reached."""
+
+    target: Target
+    routes: list[str]  # Route entries (its Path, less ours)
+    flow_params: str = ""  # the flow token our Record-Route carries toward it
+
+
+# where an RFC 5626 binding whose flow is gone would be reached: nowhere (430)
+FLOW_FAILED = Reach(Target("none", "", 0), [])
 
 
 class EdgeServer:
@@ -75,6 +91,7 @@ class EdgeServer:
             proxy=True,
             validate=validate_for_proxy,
             tcp_header_timeout=cfg.sip.tcp_header_timeout,
+            idle_timeout=cfg.sip.tcp_idle_timeout,
             max_connections_per_source=cfg.sip.max_connections_per_source,
             udp_receive_buffer=cfg.sip.udp_receive_buffer,
         )
@@ -95,6 +112,9 @@ class EdgeServer:
             cfg.registrar, self.store, self.config_path.parent, self.node,
             is_us=lambda uri: self.identity.is_us(uri), guard=self.guard,
             nonce_secret=None if self.signer.random_key else self.signer.derive(b"nonce"),
+            keep_flow=lambda flow, seconds: self.stack.transports.hold(
+                flow, time.monotonic() + seconds),
+            flow_path=self._flow_path,
         )  # fmt: skip
         self.pools = [PoolRuntime(p) for p in cfg.pool]
         self.locator = cfg.dns.locator()  # RFC 3263, TTL-cached: next hops and destinations
@@ -223,6 +243,16 @@ class EdgeServer:
     def _is_us(self, uri: SipURI) -> bool:
         return self.identity.is_us(uri)
 
+    def _for_the_edge(self, uri: URI) -> bool:
+        """A Request-URI addressed to the edge itself: no user part at one of its names or
+        served domains, or any user at one of its addresses (an SBC probing
+        sip:ivr@edge); a user at a served domain is that user's, not the edge's."""
+        if not isinstance(uri, SipURI):
+            return False
+        if uri.user is None:
+            return self._is_us(uri) or self.registrar.serves(uri.host)
+        return self._is_us(uri) and self.identity.is_address(uri.host)
+
     def _route(self, incoming: IncomingRequest) -> None:
         req = incoming.request
         if req.method == "CANCEL":
@@ -231,11 +261,8 @@ class EdgeServer:
             self._refuse(incoming, 481)
             return
         uri = req.uri
-        mf = req.max_forwards
-        if mf == 0 and not (
-            req.method == "OPTIONS" and isinstance(uri, SipURI) and self._is_us(uri)
-        ):
-            self._refuse(incoming, 483)
+        if req.max_forwards == 0 and not (req.method == "OPTIONS" and self._for_the_edge(uri)):
+            self._refuse(incoming, 483)  # §16.3 step 3; an OPTIONS to the edge itself is fine
             return
         if self.proxy.is_loop(req):
             self._refuse(incoming, 482)
@@ -258,6 +285,9 @@ class EdgeServer:
             return
         uri = req.uri
         assert isinstance(uri, SipURI)
+        if verdict.flow is not None and verdict.flow != incoming.source:
+            self._toward_flow(incoming, verdict.flow, verdict.outbound)
+            return
         if req.to.tag or req.route:
             # in a dialog (verified) or a trusted peer's preloaded route. A NOTIFY in a
             # subscription we record-routed may create the subscriber's dialog (it can
@@ -269,12 +299,7 @@ class EdgeServer:
         if req.method == "REGISTER" and self.registrar.serves(uri.host):
             self.spawn_for(incoming, self.registrar.register(incoming))
             return
-        if req.method == "OPTIONS" and (
-            # to the edge itself: no user part, or any user at one of its addresses (an
-            # SBC probing sip:ivr@edge); a user at a served domain is that user's
-            (uri.user is None and (self._is_us(uri) or self.registrar.serves(uri.host)))
-            or (self._is_us(uri) and self.identity.is_address(uri.host))
-        ):
+        if req.method == "OPTIONS" and self._for_the_edge(uri):
             incoming.respond_stateless(200, headers=[("Allow", ALLOW)])
             return
         ruri_text = req.uri_text
@@ -309,16 +334,17 @@ class EdgeServer:
                 return "maddr", "Relaying Denied"
         tags = (req.from_.tag or "", req.to.tag or "")
         verified = False
-        if req.route and uri.user is None and self._is_us(uri):
-            # §16.4: a strict router put our Record-Route in the Request-URI; the real
-            # Request-URI is the last Route entry
+        if req.route and uri.user is None and "lr" in uri.params and self._is_us(uri):
+            # §16.4: a strict router put our Record-Route (always ;lr) in the Request-URI;
+            # the real Request-URI is the last Route entry. A REGISTER to a served domain
+            # through an outbound proxy (Route: <sip:edge;lr>) is not that
             verified = self.signer.verify(uri.params.get(SIGNATURE), req.call_id, tags)
             last = req.headers.pop_last_value("Route")
             if last is not None:
                 req.uri = parse_address(last, "Route").uri
                 if not isinstance(req.uri, SipURI):
                     return "strict route to a non-SIP URI", "Relaying Denied"
-        popped = self._pop_own_routes(req)
+        popped, flow_route = self._pop_own_routes(req)
         if popped is not None:
             verified = verified or self.signer.verify(
                 popped.params.get(SIGNATURE), req.call_id, tags
@@ -340,21 +366,31 @@ class EdgeServer:
                 return "maddr in the next hop", "Relaying Denied"
             if self.identity.is_us(target) or self.identity.is_local_name(target.host):
                 return "not here", "Not Here"  # never looked up in DNS: it is us
+        if flow_route is not None and not req.route:
+            # the next hop is the UA behind one of our flows (RFC 5626 §5.3)
+            flow = self.signer.flow_of(flow_route.params[FLOW])
+            if flow is None:
+                return "flow token not signed by this edge", "Invalid Route"
+            return Routing(True, flow, "ob" in flow_route.params)
         return Routing(followed_ours=popped is not None)
 
-    def _pop_own_routes(self, req: Request) -> SipURI | None:
-        """§16.4: Route entries that name this edge are removed before forwarding; the
-        first of them is returned (its signature says whether we wrote it)."""
+    def _pop_own_routes(self, req: Request) -> tuple[SipURI | None, SipURI | None]:
+        """§16.4: Route entries that name this edge are removed before forwarding. Returns
+        the first of them (its signature says whether we wrote it) and the one with a
+        flow token, if any (the nodes of a cluster each add theirs)."""
         first_popped: SipURI | None = None
+        flow_route: SipURI | None = None
         while req.route:
             first = req.route[0].uri
             if isinstance(first, SipURI) and self._is_us(first):
                 req.headers.pop_first_value("Route")
                 if first_popped is None:
                     first_popped = first
+                if FLOW in first.params:
+                    flow_route = first
             else:
                 break
-        return first_popped
+        return first_popped, flow_route
 
     # -- dispatcher ----------------------------------------------------------------------
     def _dispatch(self, incoming: IncomingRequest, pool: PoolRuntime) -> None:
@@ -460,34 +496,78 @@ class EdgeServer:
         next_group()
 
     async def _fork(self, pc: ProxyCall, group: list[Binding]) -> None:
-        started = 0
+        started = flows_failed = 0
         for b in group:
             if len(pc.branches) >= self.config.sip.max_branches:
                 self._count("fork_capped")
                 break
-            target = await self._contact_target(b)
-            if target is None or pc.done:
+            reach = await self._reach(b)
+            if reach is FLOW_FAILED:
+                flows_failed += 1
+                continue
+            if reach is None or pc.done:
                 continue
             contact = parse_uri(b.contact)
             assert isinstance(contact, SipURI)
-            self.proxy.forward(pc, contact, target, None, routes=b.path)
+            self.proxy.forward(
+                pc, contact, reach.target, None, routes=reach.routes, flow_params=reach.flow_params
+            )
             started += 1
+        pc.flows_failed |= flows_failed > 0
         if not started:
             self.proxy.next_or_finish(pc, None, None)
 
-    async def _contact_target(self, b: Binding) -> Target | None:
-        """Where a binding is reached: its TCP/TLS flow while it lives (§10, RFC 5626),
-        else its Path or Contact; never this edge itself (a fork that comes back)."""
+    def _flow_path(self, flow: Target) -> str:
+        """The Path entry of an outbound binding registered over ``flow``, with its token:
+        this node's own address for a TCP/TLS flow (only this node holds it), the
+        cluster's shared name for a UDP one (any node reaches that address)."""
+        shared = self.config.sip.record_route_host
+        if shared and not flow.reliable:
+            hostport = format_hostport(shared, self.stack.local("udp", ":" in flow.host).port)
+        else:
+            hostport = self.proxy.our_hostport(flow.transport, ":" in flow.host)
+        param = "" if flow.transport == "udp" else f";transport={flow.transport}"
+        return f"<sip:{hostport};lr{param};ob;{FLOW}={self.signer.flow_token(flow)}>"
+
+    def _over_flow(self, flow: Target, outbound: bool) -> Reach | None:
+        """The flow while it lives (a UDP flow is an address: it always does)."""
+        if flow.reliable and not self.stack.transports.flow_open(flow):
+            return FLOW_FAILED if outbound else None
+        params = f";{FLOW}={self.signer.flow_token(flow)}" + (";ob" if outbound else "")
+        return Reach(flow, [], params)
+
+    async def _reach(self, b: Binding) -> Reach | None:
+        """Where a binding is reached (RFC 3261 §16.5, RFC 5626 §5.3).
+
+        An outbound binding through the node that holds its flow (its Path), over the flow
+        itself on that node, FLOW_FAILED once the flow is gone. Any other binding over the
+        connection it registered on while that is open (a phone behind NAT or a firewall
+        is reachable no other way), else at its Path or Contact, resolved. Never this edge
+        itself (a fork that comes back)."""
         contact = parse_uri(b.contact)
         if not isinstance(contact, SipURI):
             return None
-        hop = contact
+        hop, routes = contact, b.path
         if b.path:
-            first = parse_uri(b.path[0].strip().strip("<>").split(">")[0])
-            hop = first if isinstance(first, SipURI) else contact
-        if not b.path and b.source.startswith(("tcp:", "tls:")):
-            transport, host, port = b.source.split(":", 2)
-            return Target(transport, host.strip("[]"), int(port))  # the registration's flow
+            first = parse_address(b.path[0], "Path").uri
+            if isinstance(first, SipURI) and FLOW in first.params and self._is_us(first):
+                flow = self.signer.flow_of(first.params[FLOW])
+                if flow is None:
+                    return None
+                reach = self._over_flow(flow, outbound=True)
+                if reach is None or reach is FLOW_FAILED:
+                    return reach
+                return reach._replace(routes=b.path[1:])
+            if isinstance(first, SipURI):
+                hop = first
+        else:
+            flow = b.flow
+            if flow is not None and b.node == self.node and flow.reliable:
+                reach = self._over_flow(flow, outbound=bool(b.reg_id))
+                if reach is not None:
+                    return reach
+            elif b.reg_id:
+                return FLOW_FAILED  # an outbound flow no Path leads to
         if self.identity.is_us(hop) or self.identity.is_local_name(hop.host):
             self._count("fork_to_self_refused")
             return None
@@ -499,7 +579,24 @@ class EdgeServer:
         if self.identity.is_us_target(target):
             self._count("fork_to_self_refused")
             return None
-        return target
+        return Reach(target, routes)
+
+    def _toward_flow(self, incoming: IncomingRequest, flow: Target, outbound: bool) -> None:
+        """A request for the UA behind one of our flows: over it while it lives. Once it
+        is gone: 430 for an RFC 5626 flow (the UA registers a new one), the Contact (the
+        Request-URI) for a dialog with a plain TCP phone, else 480."""
+        req = incoming.request
+        reach = self._over_flow(flow, outbound)
+        if reach is FLOW_FAILED:
+            self._refuse(incoming, 430, "Flow Failed")
+        elif reach is not None:
+            pc = ProxyCall(self.proxy, incoming, req)
+            self.proxy.start(pc)
+            self.proxy.forward(pc, None, reach.target, None, flow_params=reach.flow_params)
+        elif req.to.tag:
+            self._forward_in_dialog(incoming)
+        else:
+            self._refuse(incoming, 480, "Temporarily Unavailable")
 
     # -- in-dialog ---------------------------------------------------------------------------
     def _next_hop(self, req: Request) -> SipURI:
@@ -536,6 +633,11 @@ class EdgeServer:
                 if verdict[0] != "not here":
                     self._count("relay_denied")
                 return
+            if verdict.flow is not None and verdict.flow != incoming.source:
+                reach = self._over_flow(verdict.flow, verdict.outbound)
+                if reach is not None and reach is not FLOW_FAILED:
+                    self.proxy.forward_stateless(req, reach.target)
+                    return
             hop = self._next_hop(req)
         except (ValueError, ParseError):
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -237,6 +238,8 @@ class Connection:
             return False, describe_failure(exc)
         if 200 <= resp.status < 300:
             self.granted = self._granted(resp)
+            if target.reliable:  # the flow the registrar calls us on: never idle-closed
+                self.phone.stack.transports.hold(target, time.monotonic() + self.granted + 32)
             return True, f"{resp.status} {resp.reason}"
         if resp.status in (401, 407):
             return (

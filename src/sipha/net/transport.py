@@ -262,6 +262,7 @@ class TransportManager:
         self._inbound: dict[str, int] = {}  # accepted connections open per source address
         self._log_throttle = LogThrottle(period=10.0)
         self._conns: dict[Target, _Stream] = {}
+        self._held: dict[Target, float] = {}  # connections kept open for a registration
         self._pending: dict[Target, _Pending] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -433,6 +434,20 @@ class TransportManager:
         conn.write(b"\r\n\r\n")
         return True
 
+    def flow_open(self, target: Target) -> bool:
+        """Whether a TCP/TLS connection to ``target`` is open now (UDP has no flows)."""
+        conn = self._conns.get(target)
+        return conn is not None and not conn.closed
+
+    def hold(self, target: Target, until: float) -> None:
+        """Keep the connection to ``target`` open, idle or not, until ``until``
+        (time.monotonic()): it carries a registration, and the registered UA is reached
+        through it (RFC 5626 §5.3; Kamailio's ``tcp_persistent_flag``). 0 releases it."""
+        if until > 0:
+            self._held[target] = until
+        else:
+            self._held.pop(target, None)
+
     def drop(self, target: Target, reason: str) -> None:
         """Close the flow to ``target`` (a keep-alive found it dead) and report it failed."""
         conn = self._conns.get(target)
@@ -492,6 +507,7 @@ class TransportManager:
             self.stats.connections_lost += 1
         for t in gone:
             del self._conns[t]
+            self._held.pop(t, None)
             self.on_failure(t, f"{prefix}{reason}")
 
     def connection_count(self) -> int:
@@ -501,9 +517,10 @@ class TransportManager:
         period = max(1.0, self.idle_timeout / 4)
         while True:
             await asyncio.sleep(period)
-            limit = time.monotonic() - self.idle_timeout
-            for conn in list(self._conns.values()):
-                if conn.last_active < limit:
+            now = time.monotonic()
+            limit = now - self.idle_timeout
+            for target, conn in list(self._conns.items()):
+                if conn.last_active < limit and self._held.get(target, 0.0) < now:
                     log.debug("closing idle %s connection %s", conn.name, conn.target)
                     conn.close()
 

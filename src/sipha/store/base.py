@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..sip.transaction import Target
+
 
 @dataclass
 class Binding:
@@ -22,6 +24,19 @@ class Binding:
     source: str = ""  # transport:host:port the REGISTER came from
     node: str = ""  # the edge node that took it
     updated_at: float = 0.0  # epoch seconds of the REGISTER that last refreshed it
+    # RFC 5626 (outbound): the UA's +sip.instance and the Contact's reg-id; such a binding
+    # is reached through its flow (``source``) only, never its Contact
+    instance: str = ""
+    reg_id: int = 0
+
+    @property
+    def flow(self) -> Target | None:
+        """The connection or address the REGISTER came from (``source``)."""
+        transport, _, rest = self.source.partition(":")
+        host, _, port = rest.rpartition(":")
+        if not (transport and host and port.isdigit()):
+            return None
+        return Target(transport, host.strip("[]"), int(port))
 
     def expires_in(self, now: float | None = None) -> int:
         return max(0, math.ceil(self.expires_at - (now if now is not None else time.time())))
