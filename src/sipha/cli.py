@@ -23,6 +23,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _logging_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """-v and --log-format, before or after the command (``sipha -v edge`` and
+    ``sipha edge -v`` alike); the command's own count adds to the top one."""
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+        dest="verbose" if top else "verbose_here", help="more log output (-vv: debug)",
+    )  # fmt: skip
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text" if top else argparse.SUPPRESS,
+        help="text lines (default) or one JSON object per line (for journald, Loki, ELK)",
+    )  # fmt: skip
+
+
+def _sip_trace_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sip-trace", action="store_true",
+        help="print every SIP message in and out on stderr: time, transport, addresses, "
+        "then the message as on the wire",
+    )  # fmt: skip
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="sipha",
@@ -30,10 +51,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "and a failover-aware endpoint SDK.",
     )
     p.add_argument("--version", action="version", version=f"sipha {__version__}")
-    p.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _logging_options(p, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _logging_options(common, top=False)
+
+    class _Sub(_Parser):
+        def __init__(self, **kw: object) -> None:
+            super().__init__(parents=[common], **kw)  # type: ignore[arg-type]
+
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Sub)
     demo = sub.add_parser(
         "demo",
         help="edge + two appservers + a caller on loopback; cut a backend; count lost calls",
@@ -73,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "for calls in progress, then exits 0.",
     )
     app.add_argument("-c", "--config", required=True, metavar="FILE", help="appserver TOML file")
+    _sip_trace_option(app)
 
     edge = sub.add_parser(
         "edge",
@@ -82,6 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "domains, and a proxy that refuses to relay anywhere else. SIGTERM stops it.",
     )
     edge.add_argument("-c", "--config", required=True, metavar="FILE", help="edge TOML file")
+    _sip_trace_option(edge)
 
     phone = sub.add_parser(
         "phone",
@@ -93,6 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "SIGTERM/SIGINT. Logs go to stderr (-v for more).",
     )
     phone.add_argument("-c", "--config", required=True, metavar="FILE", help="phone TOML file")
+    _sip_trace_option(phone)
     phone.add_argument("--call", metavar="URI", help="dial this number or SIP URI and exit")
     phone.add_argument(
         "--connection", type=_non_negative_int, metavar="ID",
@@ -240,7 +269,13 @@ def _run_role(role: str, config: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    configure_logging([logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+    verbose = args.verbose + getattr(args, "verbose_here", 0)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    configure_logging(level, json=getattr(args, "log_format", "text") == "json")
+    if getattr(args, "sip_trace", False):
+        from .net.trace import enable
+
+        enable()
     if args.command is None:
         parser.print_help()
         return 2

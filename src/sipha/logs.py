@@ -12,10 +12,12 @@ it held back: a flood must not turn into a log flood.
 
 from __future__ import annotations
 
+import json as json_lib
 import logging
 import re
 import sys
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 # C0 and C1 controls but TAB, DEL, lone surrogates (undecodable bytes), and the Unicode
@@ -65,15 +67,39 @@ class SafeFormatter(logging.Formatter):
 _OUR_LINES = ("Traceback (most recent", "  File ", "During handling", "The above exception")
 
 
-def configure(level: int, stream: object = None) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``--log-format json``): ``ts`` (ISO 8601, UTC), ``level``,
+    ``logger``, ``message``, and ``exception`` when there is one. JSON escapes every
+    control character, so a peer's text cannot break a line or a terminal here either."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": escape_unprintable(record.getMessage()),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json_lib.dumps(out, ensure_ascii=False)
+
+
+def configure(level: int, stream: object = None, json: bool = False) -> None:
     """Root logging for the command line: stderr, one safe line per record."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if json
+        else SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # watchfiles' debug lines are about the watcher itself; with the log file in the
+    # config's folder each of them is a change it reports again: a loop (-vv)
+    logging.getLogger("watchfiles").setLevel(max(level, logging.INFO))
 
 
 class LogThrottle:

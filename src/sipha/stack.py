@@ -21,7 +21,9 @@ import ssl
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from .net import trace as sip_trace
 from .net.address import ListenSpec, parse_listen
+from .net.trace import SipTrace
 from .net.transport import (
     IDLE_TIMEOUT,
     MAX_CONNECTIONS_PER_SOURCE,
@@ -263,6 +265,7 @@ class SipStack:
         # a CRLF pong (RFC 5626 §4.4.1) arrived on a flow we pinged
         self.pong_handler: Callable[[Target], None] | None = None
         self.handler_errors = 0
+        self.trace: SipTrace | None = sip_trace.current()  # --sip-trace
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -313,6 +316,12 @@ class SipStack:
     def local(self, transport: str = "udp", v6: bool = False) -> ListenSpec:
         return self.transports.local_for(transport, v6)
 
+    def _local_or_none(self, target: Target) -> ListenSpec | None:
+        try:
+            return self.local(target.transport, ":" in target.host)
+        except LookupError:
+            return None
+
     def contact_uri(self, user: str | None = None, transport: str = "udp") -> SipURI:
         spec = self.local(transport)
         params: dict[str, str | None] = {} if transport == "udp" else {"transport": transport}
@@ -321,6 +330,8 @@ class SipStack:
 
     # -- input path ------------------------------------------------------------------------
     def _on_message(self, data: bytes, source: Target, spec: ListenSpec) -> None:
+        if self.trace is not None:
+            self.trace.received(data, source, spec)
         try:
             self.core.receive_datagram(data, source, self.now)
         except Exception:  # nothing a peer sends may stop the stack
@@ -349,10 +360,13 @@ class SipStack:
         self._pumping = True
         drain = self.core.drain
         send = self.transports.send
+        trace = self.trace
         try:
             while True:
                 out, events = drain()
                 for data, target in out:
+                    if trace is not None:
+                        trace.sent(data, target, self._local_or_none(target))
                     send(data, target)
                 if not events:
                     break
