@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 # Debian packages the tests and benchmarks drive as real peers (binary:package).
-TEST_DEBS  := sipp:sip-tester openssl:openssl kamailio:kamailio redis-server:redis-server chromium:chromium
+TEST_DEBS  := sipp:sip-tester openssl:openssl kamailio:kamailio redis-server:redis-server chromium:chromium baresip:baresip-core
 BENCH_DEBS := $(TEST_DEBS)
 
 # the hot modules mypyc compiles ([tool.sipha] compiled in pyproject.toml)
