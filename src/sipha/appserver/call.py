@@ -127,6 +127,8 @@ class Call:
         if self.offer is not None:
             body = await self._answer_body()
         self._incoming.respond(183, headers=[self._contact()], body=body)
+        if self.rtp is not None:
+            self.rtp.start()  # early media: silence until the app plays something
         self.progress_sent = True
         self.state = "early"
 
@@ -136,7 +138,7 @@ class Call:
         body, codec, dtmf = answer_sdp(self.offer, self._media_address, rtp.local_port)
         rtp.payload_type = codec
         rtp.dtmf_pt = dtmf
-        rtp.remote = (self.offer.address, self.offer.port)
+        rtp.set_remote(self.offer.address, self.offer.port, self.offer.rtcp_port)
         rtp.on_hold = self.offer.on_hold
         return body
 
@@ -157,6 +159,8 @@ class Call:
             body = await self._answer_body()
         headers = [self._contact(), ("Allow", ALLOW)]
         self._incoming.respond(200, headers=headers, body=body)
+        if self.rtp is not None:
+            self.rtp.start()  # from now on media never goes quiet (silence between prompts)
         self.dialog = Dialog.from_uas(self.request, self.local_tag, confirmed=True)
         self.state = "answered"
         self.answered_at = time.monotonic()
@@ -270,7 +274,7 @@ class Call:
             if self._late_offer and req.body and self.rtp is not None:
                 with contextlib.suppress(ParseError):
                     offer = parse_sdp(req.body)
-                    self.rtp.remote = (offer.address, offer.port)
+                    self.rtp.set_remote(offer.address, offer.port, offer.rtcp_port)
                     self.rtp.payload_type = offer.codec if offer.codec is not None else 0
                     self.rtp.dtmf_pt = offer.dtmf_pt
             self.acked.set()
@@ -302,7 +306,7 @@ class Call:
             incoming.respond(488, exc.reason_phrase)
             return
         self.rtp.on_hold = offer.on_hold
-        self.rtp.remote = (offer.address, offer.port)
+        self.rtp.set_remote(offer.address, offer.port, offer.rtcp_port)
         self.rtp.payload_type = codec
         self.rtp.dtmf_pt = dtmf
         incoming.respond(200, headers=[self._contact()], body=body)

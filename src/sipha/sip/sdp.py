@@ -26,6 +26,7 @@ class AudioDescription:
     rtpmap: dict[int, str] = field(default_factory=dict)  # pt -> "telephone-event/8000"
     direction: str = "sendrecv"
     ptime: int = 20
+    rtcp_port: int | None = None  # a=rtcp (RFC 3605); None: the RTP port + 1
 
     @property
     def dtmf_pt(self) -> int | None:
@@ -102,6 +103,10 @@ def parse_sdp(body: bytes) -> AudioDescription:
                         audio.rtpmap[int(pt)] = enc.strip()
                 elif name == "ptime" and arg.strip().isdigit():
                     audio.ptime = int(arg.strip())
+                elif name == "rtcp":
+                    port_text = arg.split(maxsplit=1)[0] if arg.strip() else ""
+                    if port_text.isdigit() and 0 < int(port_text) <= 65535:
+                        audio.rtcp_port = int(port_text)
     if audio is None:
         raise ParseError("SDP has no audio stream", 488)
     if not audio.address:
