@@ -17,7 +17,7 @@ from .sip.headers import Headers
 from .sip.ids import new_call_id, new_tag
 from .sip.message import Request, Response
 from .sip.transaction import Target
-from .sip.uas import UasProfile, in_dialog_refusal, refuse, screen
+from .sip.uas import UasProfile, answer_in_dialog, refuse, screen
 from .sip.uri import URI, SipURI, format_hostport, parse_uri
 from .stack import IncomingRequest, SipStack, resolve_sip_uri
 
@@ -63,6 +63,19 @@ class Call:
         self._end("local BYE")
         target = await self.ua.next_hop(self.dialog)
         return await self.ua.stack.request(bye, target)
+
+    # -- DialogUsage: the peer's requests in this call ----------------------------------
+    def on_ack(self, request: Request) -> None:
+        self.established.set()
+
+    def on_bye(self) -> None:
+        self._end("remote BYE")
+
+    def on_reoffer(self, incoming: IncomingRequest) -> None:
+        """Same media, whatever the offer: answered with our last description."""
+        contact = self.ua.stack.contact_uri(self.ua.user, incoming.source.transport)
+        self.remote_sdp = incoming.request.body or self.remote_sdp
+        incoming.respond(200, headers=[("Contact", f"<{contact}>")], body=self.local_sdp)
 
     def _end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -159,25 +172,7 @@ class UserAgent:
 
     def _in_dialog(self, incoming: IncomingRequest, to_tag: str) -> None:
         req = incoming.request
-        call = self.calls.get((req.call_id, to_tag, req.from_.tag or ""))
-        if req.method == "ACK":
-            if call is not None:
-                call.established.set()
-            return
-        refusal = in_dialog_refusal(req, call.dialog if call is not None else None)
-        if refusal is not None:
-            refuse(incoming, refusal)
-            return
-        assert call is not None
-        if req.method == "BYE":
-            incoming.respond(200)
-            call._end("remote BYE")
-        elif req.method in ("INVITE", "UPDATE"):
-            contact = self.stack.contact_uri(self.user, incoming.source.transport)
-            call.remote_sdp = req.body or call.remote_sdp
-            incoming.respond(200, headers=[("Contact", f"<{contact}>")], body=call.local_sdp)
-        else:
-            incoming.respond(200)
+        answer_in_dialog(incoming, self.calls.get((req.call_id, to_tag, req.from_.tag or "")))
 
     def _on_stray_response(self, response: Response, source: Target) -> None:
         """A retransmitted 2xx after the transaction ended: ACK it again (§13.2.2.4)."""

@@ -23,7 +23,7 @@ from ..sip.headers import Headers
 from ..sip.ids import new_tag
 from ..sip.message import Request
 from ..sip.sdp import AudioDescription, acceptable_offer, answer_sdp, offer_sdp, parse_sdp
-from ..sip.uas import UasProfile, in_dialog_refusal, refuse
+from ..sip.uas import UasProfile
 from ..sip.uri import SipURI, TelURI
 from ..stack import (
     IncomingRequest,
@@ -268,30 +268,20 @@ class Call:
         if self.rtp is not None:
             self.rtp.close()
 
-    def _in_dialog(self, incoming: IncomingRequest) -> None:
-        req = incoming.request
-        if req.method == "ACK":
-            if self._late_offer and req.body and self.rtp is not None:
-                with contextlib.suppress(ParseError):
-                    offer = parse_sdp(req.body)
-                    self.rtp.set_remote(offer.address, offer.port, offer.rtcp_port)
-                    self.rtp.payload_type = offer.codec if offer.codec is not None else 0
-                    self.rtp.dtmf_pt = offer.dtmf_pt
-            self.acked.set()
-            return
-        refusal = in_dialog_refusal(req, self.dialog)
-        if refusal is not None:
-            refuse(incoming, refusal)
-            return
-        if req.method == "BYE":
-            incoming.respond(200)
-            self._end("caller hung up")
-        elif req.method in ("INVITE", "UPDATE"):
-            self._reinvite(incoming)
-        else:
-            incoming.respond(200)
+    # -- DialogUsage: the caller's requests in this call ----------------------------------
+    def on_ack(self, request: Request) -> None:
+        if self._late_offer and request.body and self.rtp is not None:
+            with contextlib.suppress(ParseError):
+                offer = parse_sdp(request.body)
+                self.rtp.set_remote(offer.address, offer.port, offer.rtcp_port)
+                self.rtp.payload_type = offer.codec if offer.codec is not None else 0
+                self.rtp.dtmf_pt = offer.dtmf_pt
+        self.acked.set()
 
-    def _reinvite(self, incoming: IncomingRequest) -> None:
+    def on_bye(self) -> None:
+        self._end("caller hung up")
+
+    def on_reoffer(self, incoming: IncomingRequest) -> None:
         """Hold / retrieve: media stops while the caller holds (RFC 3264 §8.4)."""
         req = incoming.request
         if not req.body or self.rtp is None:

@@ -31,7 +31,7 @@ from ..runtime import GcPolicy
 from ..sip.errors import ParseError
 from ..sip.message import reason_phrase
 from ..sip.transaction import ServerTransaction
-from ..sip.uas import in_dialog_refusal, refuse, screen
+from ..sip.uas import answer_in_dialog, refuse, screen
 from ..stack import IncomingRequest, SipStack
 from .availability import Availability
 from .call import PROFILE, AppHandler, Call, CallEnded, CallStateError
@@ -206,12 +206,10 @@ class AppServer:
         to_tag = req.to.tag
         if to_tag:
             call = self.calls.get((req.call_id, to_tag))
-            if call is not None:
-                call._in_dialog(incoming)
-            elif req.method == "OPTIONS":
+            if call is None and req.method == "OPTIONS":
                 incoming.respond(200, headers=PROFILE.capabilities())
-            elif req.method != "ACK":
-                refuse(incoming, in_dialog_refusal(req, None) or (481, None, []))
+            else:
+                answer_in_dialog(incoming, call)  # §12.2.2; no call: 481
             return
         if req.method == "OPTIONS":
             code = self.options_code()

@@ -22,7 +22,7 @@ from ..sip.dialog import Dialog, DialogState
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request, Response
 from ..sip.transaction import ClientTransaction, Target
-from ..sip.uas import UasProfile, in_dialog_refusal, refuse
+from ..sip.uas import UasProfile, answer_in_dialog
 from ..sip.uri import URI, SipURI, parse_uri
 from ..stack import IncomingRequest, TransactionTimeoutError, TransportFailure
 from .events import SessionState
@@ -118,6 +118,20 @@ class Session:
                 if self.ended.is_set():
                     raise RuntimeError(f"session ended: {self.reason}")
                 await self._changed.wait()
+
+    # -- DialogUsage: the peer's requests in this call --------------------------------------
+    def on_ack(self, request: Request) -> None:
+        if not self._acked.is_set():
+            self._acked.set()
+            self.set_state("established", "ACK received")
+
+    def on_bye(self) -> None:
+        if self.dialog is not None:
+            self.dialog.state = DialogState.TERMINATED
+        self.set_state("disconnected", "remote hangup")
+
+    def on_reoffer(self, incoming: IncomingRequest) -> None:
+        self.phone.answer_reoffer(self, incoming)
 
     # -- the application's verbs ----------------------------------------------------------
     async def hangup(self) -> None:
@@ -579,39 +593,27 @@ class CallFlows(ProxySender):
 
     def in_dialog(self, incoming: IncomingRequest) -> None:
         req = incoming.request
-        key = (req.call_id, req.to.tag or "", req.from_.tag or "")
-        session = self.dialogs.get(key)
-        if req.method == "ACK":
-            if session is not None and not session._acked.is_set():
-                session._acked.set()
-                session.set_state("established", "ACK received")
-            return
-        refusal = in_dialog_refusal(req, session.dialog if session is not None else None)
-        if refusal is not None:
-            refuse(incoming, refusal)
-            return
-        assert session is not None and session.dialog is not None
-        if req.method == "BYE":
-            incoming.respond(200)
-            session.dialog.state = DialogState.TERMINATED
-            session.set_state("disconnected", "remote hangup")
-        elif req.method in ("INVITE", "UPDATE"):
-            theirs = sdp_direction(req.body) if req.body else "sendrecv"
-            ours = {"sendonly": "recvonly", "inactive": "inactive"}.get(theirs, "sendrecv")
-            body = with_direction(session.local_sdp or self.offer(), ours)
-            conn = self.connection_object(session.connection)
-            incoming.respond(
-                200,
-                headers=[("Contact", f"<{self.contact_for(conn, incoming)}>")],
-                body=body,
-                content_type="application/sdp",
+        answer_in_dialog(
+            incoming, self.dialogs.get((req.call_id, req.to.tag or "", req.from_.tag or ""))
+        )
+
+    def answer_reoffer(self, session: Session, incoming: IncomingRequest) -> None:
+        """A re-INVITE or UPDATE: the same media, in the direction the peer asks (hold)."""
+        req = incoming.request
+        theirs = sdp_direction(req.body) if req.body else "sendrecv"
+        ours = {"sendonly": "recvonly", "inactive": "inactive"}.get(theirs, "sendrecv")
+        body = with_direction(session.local_sdp or self.offer(), ours)
+        conn = self.connection_object(session.connection)
+        incoming.respond(
+            200,
+            headers=[("Contact", f"<{self.contact_for(conn, incoming)}>")],
+            body=body,
+            content_type="application/sdp",
+        )
+        session.remote_sdp = req.body or session.remote_sdp
+        held = theirs in ("sendonly", "inactive")
+        if held != session.held:
+            session.held = held
+            session.set_state(
+                "held" if held else "established", "remote hold" if held else "remote retrieve"
             )
-            session.remote_sdp = req.body or session.remote_sdp
-            held = theirs in ("sendonly", "inactive")
-            if held != session.held:
-                session.held = held
-                session.set_state(
-                    "held" if held else "established", "remote hold" if held else "remote retrieve"
-                )
-        else:
-            incoming.respond(200)

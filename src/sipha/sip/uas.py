@@ -11,7 +11,9 @@ dialog, is written once, here:
   encoding it cannot read, 415 with ``Accept`` / ``Accept-Encoding``. Other bodies (a
   NOTIFY's event state, an INFO's digits) are the application's to judge.
 - :func:`in_dialog_refusal` is §12.2.2: no dialog is 481, a CSeq that went backwards 500
-  (an ACK is never answered).
+  (an ACK is never answered); :func:`answer_in_dialog` routes a request inside a dialog
+  (ACK, BYE answered 200, a re-offer, anything else 200) to the role's
+  :class:`DialogUsage`, which decides only what is the role's own.
 - :meth:`UasProfile.capabilities` are the headers of an answer to OPTIONS (§11.2): only
   what is implemented is advertised.
 
@@ -22,7 +24,7 @@ The To tag every response needs (§8.2.6.2) is the server transaction's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .dialog import Dialog
 from .message import Request
@@ -111,3 +113,47 @@ def in_dialog_refusal(request: Request, dialog: Dialog | None) -> Refusal | None
     if error is not None:
         return error, None, []
     return None
+
+
+A = TypeVar("A", bound=Answerable)
+A_contra = TypeVar("A_contra", bound=Answerable, contravariant=True)
+
+
+class DialogUsage(Protocol[A_contra]):
+    """A role's side of one dialog: what it does once :func:`answer_in_dialog` has
+    decided the request is in order."""
+
+    @property
+    def dialog(self) -> Dialog | None: ...
+
+    def on_ack(self, request: Request) -> None:
+        """The ACK for our 2xx (maybe with the answer to a late offer)."""
+
+    def on_bye(self) -> None:
+        """The peer ended the dialog (its BYE is already answered 200)."""
+
+    def on_reoffer(self, incoming: A_contra) -> None:
+        """A re-INVITE or UPDATE: hold, retrieve, new media; the usage answers it."""
+
+
+def answer_in_dialog(incoming: A, usage: DialogUsage[A] | None) -> None:
+    """§12.2.2 for a request with a To tag, ``usage`` being the dialog it names (None
+    when the role knows none): refused when out of order or unknown; ACK and BYE handed
+    on; INFO and other mid-dialog requests answered 200."""
+    request = incoming.request
+    if request.method == "ACK":
+        if usage is not None:
+            usage.on_ack(request)
+        return
+    refusal = in_dialog_refusal(request, usage.dialog if usage is not None else None)
+    if refusal is not None:
+        refuse(incoming, refusal)
+        return
+    assert usage is not None  # a known dialog, or it was refused
+    if request.method == "BYE":
+        incoming.respond(200)
+        usage.on_bye()
+    elif request.method in ("INVITE", "UPDATE"):
+        usage.on_reoffer(incoming)
+    else:
+        incoming.respond(200)
