@@ -525,6 +525,11 @@ class SipStack:
         txn = self.start_request(request, target, owner, add_via=add_via)
         return txn, future
 
+    def abandon(self, txn: ClientTransaction) -> None:
+        """Give up on a client transaction: no more retransmissions, no report."""
+        txn.abandon()
+        self._pump()
+
     async def request(
         self,
         request: Request,

@@ -1,4 +1,5 @@
-"""The edge's config file: [sip], [admin], [registrar], [[pool]], [protection], [server]."""
+"""The edge's config file: [sip], [admin], [registrar], [[pool]], [protection], [server],
+[dns], [dialogs]."""
 
 from __future__ import annotations
 
@@ -151,6 +152,25 @@ class Registrar(Strict):
         return self
 
 
+class DialogsSection(Strict):
+    """The calls the edge remembers (from the 2xx to the BYE) and keeps alive: a side that
+    stops answering in-dialog OPTIONS gets its call ended, the other side a BYE (Kamailio's
+    dialog module with ka_timer / ka_interval and the ka-src / ka-dst flags)."""
+
+    # s between two in-dialog OPTIONS to each side; 0 = no keep-alive (dialogs still
+    # tracked for `ctl dialogs`). Kamailio's ka_interval has no default; 30 s is OpenSIPS'
+    keepalive_interval: float = Field(30.0, ge=0, le=3600)
+    # answers in a row that count as failures (408, 481, no answer, a transport error)
+    # before the call is ended (OpenSIPS: 1 ping lost -> BYE; 2 forgives one lost datagram)
+    keepalive_failures: int = Field(2, ge=1, le=10)
+    # s to wait for an answer to one OPTIONS (the SIP Endpoint SDK's recommended transaction
+    # time-out; much shorter than Timer F, 32 s)
+    keepalive_timeout: float = Field(4.0, gt=0, le=32)
+    max: int = Field(100_000, ge=1, le=10_000_000)  # dialogs remembered; the oldest forgotten
+    # s a dialog is remembered without a BYE (Kamailio's dialog default_timeout, 12 h)
+    lifetime: float = Field(43_200.0, ge=60, le=7 * 86_400)
+
+
 class EdgeServerSection(Strict):
     shutdown_grace: float = Field(30.0, ge=0)
     node_name: str = ""  # shown in status; defaults to the first SIP listen address
@@ -164,6 +184,7 @@ class EdgeConfig(Strict):
     protection: Protection = Field(default_factory=Protection)
     server: EdgeServerSection = Field(default_factory=EdgeServerSection)
     dns: DnsSection = Field(default_factory=DnsSection)  # pool destinations and next hops
+    dialogs: DialogsSection = Field(default_factory=DialogsSection)
 
     @field_validator("pool")
     @classmethod

@@ -77,7 +77,21 @@ class EdgeMetrics:
             registry=r,
         )
 
+        self.dialogs = Gauge("sipha_edge_dialogs", "Calls this node keeps alive", registry=r)
+        self.dialogs_ended = Counter(
+            "sipha_edge_dialogs_ended",
+            "Calls the edge ended because a side stopped answering keep-alives",
+            ["reason"],
+            registry=r,
+        )
+        self.dialogs_forgotten = Gauge(
+            "sipha_edge_dialogs_forgotten", "Dialogs dropped because dialogs.max was reached",
+            registry=r,
+        )
+
     def update(self, edge: EdgeServer) -> None:
+        self.dialogs.set(len(edge.dialogs.table))
+        self.dialogs_forgotten.set(edge.dialogs.table.forgotten)
         for pool in edge.pools:
             self.pool_rerouted.labels(pool.name).set(pool.rerouted)
             for d in pool.destinations:

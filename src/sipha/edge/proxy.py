@@ -397,6 +397,8 @@ class Proxy:
                 branch.dest.answered += 1
                 pc.pool.answered += 1
                 self.server.call_answered(pc, branch.dest)
+            if pc.request.method == "INVITE" and not pc.request.to.tag:
+                self.server.dialog_answered(pc, branch.target, resp, branch.dest)
             self.relay(pc, resp)
             pc.done = True
             self._cancel_others(pc, branch)

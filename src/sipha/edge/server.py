@@ -34,13 +34,14 @@ from ..runtime import GcPolicy
 from ..sip.core import validate_for_proxy
 from ..sip.errors import ParseError
 from ..sip.headers import parse_address
-from ..sip.message import Request
+from ..sip.message import Request, Response
 from ..sip.transaction import Target
 from ..sip.uri import URI, SipURI, format_hostport, parse_uri
 from ..stack import IncomingRequest, SipStack
 from ..store import open_store
 from ..store.base import Binding
 from .config import EdgeConfig
+from .dialog_keeper import DialogKeeper
 from .identity import LocalIdentity
 from .metrics import EdgeMetrics
 from .pools import ADMIN_STATES, DestinationRuntime, PoolRuntime
@@ -121,6 +122,11 @@ class EdgeServer:
         self.proxy = Proxy(self)
         self.prober = Prober(self.stack, self._on_probe_change, self.locator)
         self.metrics = EdgeMetrics()
+        self.dialogs = DialogKeeper(
+            cfg.dialogs, self.stack, self.store, self.node, locate=self.locator.locate,
+            is_us=lambda uri: self.identity.is_us(uri), spawn=self.spawn,
+            on_end=lambda reason: self.metrics.dialogs_ended.labels(reason).inc(),
+        )  # fmt: skip
         self.stack.handler = self._on_request
         self.admin: AdminServer | None = None
         self._branch_ids = itertools.count(1)
@@ -427,11 +433,21 @@ class EdgeServer:
     def destination_failed(self, pool: PoolRuntime, dest: DestinationRuntime, reason: str) -> None:
         if pool.mark_down(dest, reason):
             log.warning("pool %s destination %s taken OUT at once: %s", pool.name, dest.uri, reason)
+            self.dialogs.destination_down(pool.name, str(dest.uri))
 
     def _on_probe_change(self, pool: PoolRuntime, dest: DestinationRuntime, up: bool) -> None:
         self.metrics.destination_transitions.labels(
             pool.name, str(dest.index), "up" if up else "down"
         ).inc()
+        if not up:
+            self.dialogs.destination_down(pool.name, str(dest.uri))
+
+    def dialog_answered(self, pc: ProxyCall, target: Target, response: Response,
+                        dest: DestinationRuntime | None) -> None:  # fmt: skip
+        """A 2xx to an initial INVITE is on its way to the caller: the dialog is tracked."""
+        pool = pc.pool.name if pc.pool is not None and dest is not None else ""
+        self.dialogs.answered(pc.request, pc.incoming.source, response, target, pool,
+                              str(dest.uri) if dest is not None and pool else "")  # fmt: skip
 
     def call_answered(self, pc: ProxyCall, dest: DestinationRuntime) -> None:
         assert pc.pool is not None
@@ -609,6 +625,7 @@ class EdgeServer:
         req = incoming.request
         if req.method == "BYE":
             self._call_ended(req.call_id)
+        self.dialogs.in_dialog(req)
         hop = self._next_hop(req)
         targets = self.locator.locate_now(hop)
         pc = ProxyCall(self.proxy, incoming, req, record_route=record_route)
@@ -708,6 +725,7 @@ class EdgeServer:
                 "refused": dict(self.registrar.refused),
             },
             "transactions": self.stack.layer.size(),
+            "dialogs": len(self.dialogs.table),
             "gc": self.gc.stats.to_json() if self.gc is not None else None,
             "uptime": time.time() - self.started_at,
         }
@@ -754,6 +772,9 @@ class EdgeServer:
                 }
             )
 
+        async def dialogs(_: web.Request) -> web.Response:
+            return web.json_response(self.dialogs.listing())
+
         async def metrics(_: web.Request) -> web.Response:
             self.metrics.update(self)
             return web.Response(
@@ -769,6 +790,7 @@ class EdgeServer:
             web.get("/pools", pools),
             web.post("/pools/{pool}/destinations/{n}/state", set_state),
             web.get("/registrations", registrations),
+            web.get("/dialogs", dialogs),
             web.get("/metrics", metrics),
         ]
 
@@ -784,6 +806,7 @@ class EdgeServer:
         )  # fmt: skip
         self.admin = await start_admin(self.config_path, self.config.admin, self.admin_routes())
         self.prober.start(self.pools)
+        await self.dialogs.start()
         self.spawn(self._sync_shared_state())
         log.info(
             "edge %s ready on %s with %d pool(s)",
@@ -794,6 +817,7 @@ class EdgeServer:
 
     async def close(self) -> None:
         await self.prober.stop()
+        await self.dialogs.close()
         for t in list(self._tasks):
             t.cancel()
         if self.admin is not None:

@@ -337,6 +337,11 @@ class ClientTransaction(Transaction):
         elif name in ("D", "K", "M"):
             self._terminate()
 
+    def abandon(self) -> None:
+        """Stop retransmitting and forget, unanswered: the owner stopped waiting (a
+        keep-alive's own deadline, shorter than Timer F). Nothing is reported."""
+        self._terminate()
+
     def make_ack(self, response: Response) -> Request:
         """ACK for a non-2xx final response, RFC 3261 §17.1.1.3 (To from the response)."""
         return self._same_hop("ACK", response.headers.get("to") or "")

@@ -69,5 +69,16 @@ class MemoryStore:
     async def get_active_calls(self) -> dict[str, int]:
         return dict(self._calls)
 
+    # One node: the dialog keeper's own table is the only copy a dialog needs (the store
+    # would hold the same records twice); nothing is shared, so nothing is kept here.
+    async def put_dialog(self, call_id: str, record: dict[str, Any], ttl: float) -> None:
+        return None
+
+    async def get_dialog(self, call_id: str) -> dict[str, Any] | None:
+        return None
+
+    async def delete_dialog(self, call_id: str) -> None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "memory"}

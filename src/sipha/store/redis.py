@@ -231,6 +231,42 @@ class RedisStore:
                 self._outage(exc)
         return await self.local.get_active_calls()
 
+    # -- dialogs ---------------------------------------------------------------------------------
+    # One JSON string per call (sipha:dlg:<Call-ID>) with the dialog's lifetime as its TTL.
+    # Not queued during an outage: a dialog written late would be stale, and the node that
+    # set it up keeps it alive meanwhile.
+    async def put_dialog(self, call_id: str, record: dict[str, Any], ttl: float) -> None:
+        if self.down:
+            return
+        try:
+            await self.client.set(PREFIX + "dlg:" + call_id, json.dumps(record), ex=int(ttl))
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+
+    async def get_dialog(self, call_id: str) -> dict[str, Any] | None:
+        if self.down:
+            return None
+        try:
+            raw = await self.client.get(PREFIX + "dlg:" + call_id)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    async def delete_dialog(self, call_id: str) -> None:
+        if self.down:
+            return
+        try:
+            await self.client.delete(PREFIX + "dlg:" + call_id)
+        except (RedisError, OSError) as exc:
+            self._outage(exc)
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "redis",

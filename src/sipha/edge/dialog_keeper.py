@@ -1,0 +1,304 @@
+"""Dialog keep-alive on the edge: in-dialog OPTIONS to both sides of every call it
+record-routed, and a BYE for the side still there when the other stops answering.
+
+The bookkeeping (what is remembered, when a check is due, when a call is over) is
+:mod:`.dialog_table`'s, sans-I/O; this is the asyncio side: building the requests from
+the edge's place in the route, sending them, and sharing dialogs through the store so
+that another node can take a call over when the node that set it up is gone (it adopts
+the dialog when the call's next in-dialog request reaches it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from ..sip.errors import TransactionTimeoutError, TransportFailure
+from ..sip.headers import Address, Headers, parse_address
+from ..sip.message import Request, Response
+from ..sip.transaction import Target
+from ..sip.uri import SipURI
+from ..stack import SipStack
+from ..store.base import Store
+from .config import DialogsSection
+from .dialog_table import SIDES, DialogTable, Side, SideName, TrackedDialog, Verdict, dead_answer
+
+log = logging.getLogger("sipha.edge.dialogs")
+
+PACE = 0.005  # s between the checks of one failed destination's dialogs (200/s)
+
+Locate = Callable[[SipURI], Awaitable[list[Target]]]
+
+
+def _without_tag(address: Address) -> str:
+    params = {k: v for k, v in address.params.items() if k != "tag"}
+    return str(Address(address.uri, address.display_name, params))
+
+
+def _hop(target: Target) -> str:
+    return f"{target.transport}:{target.host}:{target.port}"
+
+
+def _target(hop: str) -> Target:
+    transport, rest = hop.split(":", 1)
+    host, _, port = rest.rpartition(":")
+    return Target(transport, host, int(port))
+
+
+class DialogKeeper:
+    """The edge's dialogs: tracked from the 2xx, kept alive, ended when a side is gone."""
+
+    def __init__(
+        self,
+        cfg: DialogsSection,
+        stack: SipStack,
+        store: Store,
+        node: str,
+        *,
+        locate: Locate,
+        is_us: Callable[[SipURI], bool],
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        on_end: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stack = stack
+        self.store = store
+        self.node = node
+        self.locate = locate
+        self.is_us = is_us
+        self.spawn = spawn
+        self.on_end = on_end  # a metric per reason
+        self.table = DialogTable(cfg.keepalive_interval, cfg.keepalive_failures, cfg.max)
+        self.ended: dict[str, int] = {}  # reason -> dialogs the edge ended
+        self.keepalives = 0  # OPTIONS sent
+        self.adopted = 0  # dialogs taken over from another node
+        self.bye_answers: dict[str, int] = {}  # "callee 200": answers to the edge's BYEs
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._adopting: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- tracking ----------------------------------------------------------------------------
+    def answered(
+        self, invite: Request, source: Target, response: Response, callee_hop: Target,
+        pool: str = "", destination: str = "",
+    ) -> None:  # fmt: skip
+        """A 2xx to an initial INVITE the edge record-routed: remember the dialog."""
+        rr = [str(a) for a in response.record_route]
+        ours = [i for i, a in enumerate(response.record_route)
+                if isinstance(a.uri, SipURI) and self.is_us(a.uri)]  # fmt: skip
+        if not ours:
+            return  # not record-routed by us: in-dialog requests will not pass here
+        contact = response.contact
+        callee_contact = str(contact[0].uri) if contact else ""
+        caller_contact = str(invite.contact[0].uri) if invite.contact else ""
+        to_tag = response.to.tag or ""
+        if not callee_contact or not caller_contact or not to_tag:
+            return
+        now = time.monotonic()
+        dialog = TrackedDialog(
+            call_id=invite.call_id,
+            caller=Side(_without_tag(invite.from_), invite.from_.tag or "", caller_contact,
+                        rr[ours[-1] + 1:], _hop(source), invite.cseq.number, 0, now),
+            callee=Side(_without_tag(invite.to), to_tag, callee_contact,
+                        list(reversed(rr[: ours[0]])), _hop(callee_hop), 0, 0, now),
+            pool=pool, destination=destination, created=time.time(), owner=self.node,
+        )  # fmt: skip
+        self.table.add(dialog, now)
+        self._save(dialog)
+        self._wake.set()
+
+    def in_dialog(self, request: Request) -> None:
+        """An in-dialog request the edge forwards: its CSeq, a new target, or the end."""
+        dialog = self.table.get(request.call_id)
+        if dialog is None:
+            if self.cfg.keepalive_interval > 0 and request.method not in ("BYE", "ACK"):
+                self._adopt(request)
+            elif request.method == "BYE":
+                self.spawn(self._forget_shared(request.call_id))
+            return
+        sender = dialog.sender_of(request.from_.tag or "")
+        if sender is None:
+            return
+        if request.method == "BYE":
+            self.table.remove(dialog.call_id)
+            self.spawn(self._forget_shared(dialog.call_id))
+            return
+        side = dialog.side(sender)
+        side.cseq = max(side.cseq, request.cseq.number)
+        if request.method in ("INVITE", "UPDATE") and request.contact:
+            side.contact = str(request.contact[0].uri)  # a target refresh (§12.2.2)
+            self._save(dialog)
+
+    def destination_down(self, pool: str, destination: str) -> None:
+        """Probing took a destination out, or a request to it failed in transport: check
+        its calls now rather than at their next interval."""
+        if self.cfg.keepalive_interval <= 0:
+            return
+        mine = [d for d in self.table if d.pool == pool and d.destination == destination]
+        if mine:
+            log.info("destination %s of pool %s is down: checking its %d call(s) now",
+                     destination, pool, len(mine))  # fmt: skip
+            self.table.check_soon(mine, time.monotonic(), PACE)
+            self._wake.set()
+
+    def listing(self) -> dict[str, Any]:
+        """What ``ctl dialogs`` and ``GET /dialogs`` show: counts and each call with its age."""
+        now = time.time()
+        by_destination: dict[str, int] = {}
+        calls = []
+        for d in self.table:
+            key = f"{d.pool}/{d.destination}" if d.pool else "(registered users)"
+            by_destination[key] = by_destination.get(key, 0) + 1
+            calls.append({
+                "call_id": d.call_id, "pool": d.pool, "destination": d.destination,
+                "caller": d.caller.aor, "callee": d.callee.aor, "age": round(now - d.created, 1),
+                "failures": {"caller": d.caller.failures, "callee": d.callee.failures},
+            })  # fmt: skip
+        return {
+            "count": len(self.table), "by_destination": by_destination, "dialogs": calls,
+            "ended": dict(self.ended), "bye_answers": dict(self.bye_answers),
+            "forgotten": self.table.forgotten,
+            "adopted": self.adopted, "keepalive_interval": self.cfg.keepalive_interval,
+        }  # fmt: skip
+
+    # -- sharing through the store ----------------------------------------------------------
+    def _save(self, dialog: TrackedDialog) -> None:
+        self.spawn(self.store.put_dialog(dialog.call_id, dialog.to_dict(), self.cfg.lifetime))
+
+    async def _forget_shared(self, call_id: str) -> None:
+        await self.store.delete_dialog(call_id)
+
+    def _adopt(self, request: Request) -> None:
+        """A call set up through another node reached this one: keep it alive from here."""
+        call_id = request.call_id
+        if call_id in self._adopting:
+            return
+        self._adopting.add(call_id)
+
+        async def adopt() -> None:
+            try:
+                record = await self.store.get_dialog(call_id)
+                if record is None or self.table.get(call_id) is not None:
+                    return
+                dialog = TrackedDialog.from_dict(record)
+                dialog.owner = self.node
+                now = time.monotonic()
+                dialog.caller.answered_at = dialog.callee.answered_at = now
+                self.table.add(dialog, now)
+                self.adopted += 1
+                log.info("took over call %s (set up through %s)", call_id, record.get("owner"))
+                self._save(dialog)
+                self.in_dialog(request)  # this request's CSeq and target, now it is known
+                self._wake.set()
+            finally:
+                self._adopting.discard(call_id)
+
+        self.spawn(adopt())
+
+    # -- keep-alive ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            due = self.table.next_due()
+            delay = 3600.0 if due is None else max(0.0, due - time.monotonic())
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            for dialog in self.table.due(time.monotonic()):
+                for side in SIDES:
+                    self.spawn(self._keepalive(dialog, side))
+
+    def request_to(self, dialog: TrackedDialog, to: SideName, method: str, cseq: int) -> Request:
+        """A request from the other side's place in the dialog (§12.2.1.1), as the edge
+        would relay it: the other side's tag in From, Route beyond the edge."""
+        dst, src = dialog.side(to), dialog.other(to)
+        headers = Headers.of(
+            *(("Route", r) for r in dst.routes),
+            ("From", f"{src.aor};tag={src.tag}"),
+            ("To", f"{dst.aor};tag={dst.tag}"),
+            ("Call-ID", dialog.call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Max-Forwards", "70"),
+        )
+        return Request(method, dst.contact, headers)
+
+    async def _next_hop(self, dialog: TrackedDialog, to: SideName) -> Target:
+        dst = dialog.side(to)
+        if dst.routes:
+            uri = parse_address(dst.routes[0], "Route").uri
+            if isinstance(uri, SipURI):
+                return (await self.locate(uri))[0]
+        return _target(dst.hop)
+
+    async def _send(self, request: Request, dialog: TrackedDialog, to: SideName) -> Response:
+        target = await self._next_hop(dialog, to)
+        txn, future = self.stack.send_request(request, target)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.cfg.keepalive_timeout)
+        except TimeoutError:
+            self.stack.abandon(txn)  # no retransmissions to a side we gave up on
+            raise
+
+    async def _keepalive(self, dialog: TrackedDialog, to: SideName) -> None:
+        # the sender's own CSeq, not incremented: a UA accepts an equal number (§12.2.2)
+        # or answers 500 (PJSIP) -- alive either way -- and the CSeq space of the real
+        # requests is left alone
+        src = dialog.other(to)
+        request = self.request_to(dialog, to, "OPTIONS", max(src.cseq, 1))
+        self.keepalives += 1
+        dialog.pending += 1
+        try:
+            response = await self._send(request, dialog, to)
+            alive = not dead_answer(response.status)
+            why = f"{response.status} {response.reason}"
+        except (TimeoutError, TransactionTimeoutError):
+            alive, why = False, f"no answer within {self.cfg.keepalive_timeout:g} s"
+        except (TransportFailure, OSError, IndexError, ValueError) as exc:
+            alive, why = False, f"cannot reach it: {exc}"
+        finally:
+            dialog.pending -= 1
+        if not alive:
+            log.info("call %s: %s did not answer a keep-alive (%s)", dialog.call_id, to, why)
+        verdict = self.table.answered(dialog, to, alive, time.monotonic())
+        if verdict is not None:
+            self._end(verdict)
+
+    def _end(self, verdict: Verdict) -> None:
+        dialog = verdict.dialog
+        self.ended[verdict.reason] = self.ended.get(verdict.reason, 0) + 1
+        if self.on_end is not None:
+            self.on_end(verdict.reason)
+        log.warning("call %s ended by the edge: %s (pool %s, destination %s); BYE to %s",
+                    dialog.call_id, verdict.reason, dialog.pool or "-", dialog.destination or "-",
+                    " and ".join(verdict.bye_to) or "nobody")  # fmt: skip
+        self.spawn(self._forget_shared(dialog.call_id))
+        for side in verdict.bye_to:
+            self.spawn(self._bye(dialog, side, verdict.reason))
+
+    async def _bye(self, dialog: TrackedDialog, to: SideName, reason: str) -> None:
+        src = dialog.other(to)
+        src.cseq += 1  # a BYE must be in order: one above the sender's last request
+        request = self.request_to(dialog, to, "BYE", max(src.cseq, 1))
+        request.headers.add("Reason", f'SIP;cause=408;text="{reason}"')  # RFC 3326
+        try:
+            response = await self._send(request, dialog, to)
+            log.info("call %s: BYE to the %s answered %d", dialog.call_id, to, response.status)
+            key = f"{to} {response.status}"
+            self.bye_answers[key] = self.bye_answers.get(key, 0) + 1
+        except (TimeoutError, TransactionTimeoutError, TransportFailure, OSError, IndexError,
+                ValueError) as exc:  # fmt: skip
+            log.info("call %s: BYE to the %s not answered: %s", dialog.call_id, to, exc)
