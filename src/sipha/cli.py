@@ -176,6 +176,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sst.add_argument("index", type=int, help="destination number in the pool (from 0)")
     sst.add_argument("state", choices=("active", "drained", "disabled"))
     ctl_sub.add_parser("registrations", help="edge: registered contacts")
+    dl = ctl_sub.add_parser(
+        "dialogs", help="edge: calls kept alive, by destination, with their ages"
+    )
+    dl.add_argument("--json", action="store_true", help="print the raw JSON")
 
     imp = sub.add_parser(
         "import-config",

@@ -30,6 +30,8 @@ async def _call(args: argparse.Namespace) -> tuple[int, Any]:
         method, path = "GET", "/pools"
     elif args.action == "registrations":
         method, path = "GET", "/registrations"
+    elif args.action == "dialogs":
+        method, path = "GET", "/dialogs"
     else:
         method, path = "POST", f"/pools/{args.pool}/destinations/{args.index}/state"
         body = {"state": args.state}
@@ -79,6 +81,39 @@ def _pools_table(pools: list[dict[str, Any]]) -> None:
                 str(d["calls"]), str(d["answered"]), str(d["active_calls"]),
             )  # fmt: skip
         _console().print(t)
+
+
+def _dialogs_table(data: dict[str, Any], limit: int = 50) -> None:
+    """Counts by destination, what the edge ended, and the oldest calls with their ages."""
+    from rich.table import Table
+
+    console = _console()
+    interval = data.get("keepalive_interval", 0)
+    keepalive = f"keep-alive every {interval:g} s" if interval else "no keep-alive"
+    console.print(f"{data.get('count', 0)} dialog(s) on this node, {keepalive}")
+    t = Table()
+    t.add_column("pool/destination")
+    t.add_column("calls", justify="right")
+    for key, n in sorted(data.get("by_destination", {}).items()):
+        t.add_row(key, str(n))
+    console.print(t)
+    ended = data.get("ended", {})
+    if ended:
+        print("ended by the edge: " + ", ".join(f"{k} {v}" for k, v in sorted(ended.items())))
+    calls = sorted(data.get("dialogs", []), key=lambda d: -float(d.get("age", 0)))
+    if calls:
+        c = Table(title=f"oldest {min(limit, len(calls))} of {len(calls)}")
+        for col in ("age s", "caller", "callee", "destination", "missed keep-alives", "Call-ID"):
+            c.add_column(col)
+        for d in calls[:limit]:
+            missed = d.get("failures", {})
+            c.add_row(
+                f"{d.get('age', 0):.0f}", d.get("caller", ""), d.get("callee", ""),
+                d.get("destination") or "(registered user)",
+                f"caller {missed.get('caller', 0)}, callee {missed.get('callee', 0)}",
+                d.get("call_id", ""),
+            )  # fmt: skip
+        console.print(c)
 
 
 def _table(status: dict[str, Any]) -> None:
@@ -139,6 +174,8 @@ def run_ctl(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     elif args.action == "pools":
         _pools_table(data)
+    elif args.action == "dialogs":
+        _dialogs_table(data)
     else:
         _table(data)
     return 0

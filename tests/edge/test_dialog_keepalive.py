@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -255,10 +257,24 @@ async def test_a_slow_but_live_callee_is_not_cut_and_the_callers_bye_ends_the_di
         async with running_edge(tmp_path, pools, dialogs=KEEPALIVE) as edge:
             path = tmp_path / "caller.xml"
             path.write_text(caller(BYE, hang_up_after_keepalives=4))
-            result = await run_sipp(
+            call = asyncio.create_task(run_sipp(
                 "-sf", str(path), f"127.0.0.1:{edge_port(edge)}", "-m", "1", "-i", "127.0.0.1",
                 "-p", str(free_port()), "-mp", str(free_port()), timeout=30,
+            ))  # fmt: skip
+            await until_dialogs(edge, 1)
+            # what an operator sees meanwhile
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sipha", "ctl", "--admin",
+                f"http://{edge.config.admin.listen}", "dialogs",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+            text = out.decode()
+            assert proc.returncode == 0, err.decode()
+            assert "1 dialog(s) on this node, keep-alive every 1 s" in text, text
+            assert re.search(rf"ivr/sip:127\.0\.0\.1:{callee_port}\s*│\s*1", text), text
+            assert "<sip:ivr@127.0.0.1" in text and "sipp <sip:sipp@127.0.0.1" in text, text
+            result = await call
             assert result.ok, result.output[-3000:]
             assert edge.dialogs.keepalives >= 8  # 4 to each side
             assert edge.dialogs.ended == {}
