@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,3 +110,39 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 10.0) 
         proc.kill()
         await proc.communicate()
     return proc.returncode if proc.returncode is not None else -1
+
+
+@contextlib.asynccontextmanager
+async def sipp_process(tmp_path: Path, name: str, xml: str, *args: str) -> AsyncIterator[
+    asyncio.subprocess.Process
+]:  # fmt: skip
+    """A SIPp process this test may SIGKILL (what a crash does to a call)."""
+    assert SIPP is not None
+    path = tmp_path / f"{name}.xml"
+    path.write_text(xml)
+    proc = await asyncio.create_subprocess_exec(
+        SIPP, "-sf", str(path), "-i", "127.0.0.1", "-mp", str(free_port()), "-nostdin",
+        "-timeout", "60s", *args, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        if "-p" in args:  # a callee: ready once its port is taken
+            port = int(args[args.index("-p") + 1])
+            deadline = time.monotonic() + 5
+            while port_free(port):
+                assert time.monotonic() < deadline, "SIPp never bound its port"
+                await asyncio.sleep(0.02)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

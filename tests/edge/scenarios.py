@@ -148,3 +148,50 @@ def caller(expect: str, domain: str = "[remote_ip]:[remote_port]") -> str:
   <recv response="100" optional="true"{' response_txn="invite"' if final != "200" else ""}/>
 {recvs}{after}</scenario>
 """
+
+
+# -- in a call: the edge's keep-alives (in-dialog OPTIONS) are answered until a BYE ----------
+BYE = '  <recv request="BYE" next="bye"/>'
+IN_DIALOG_OK = """<send{next}><![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>"""
+
+def talk(bye: str, options_delay_ms: int = 0) -> str:
+    """In a call: answer the edge's keep-alive OPTIONS (after ``options_delay_ms``) until a
+    BYE (checked by ``bye``) arrives; answer it."""
+    pause = f'<pause milliseconds="{options_delay_ms}"/>' if options_delay_ms else ""
+    return f"""
+  <label id="talk"/>
+  <recv request="OPTIONS" optional="true" next="ka"/>
+{bye}
+  <label id="ka"/>
+  {pause}
+  {IN_DIALOG_OK.format(next=' next="talk"')}
+  <label id="bye"/>
+  {IN_DIALOG_OK.format(next="")}
+"""
+
+
+def callee(bye: str, options_delay_ms: int = 0) -> str:
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="callee that stays in the call">
+  <recv request="OPTIONS" optional="true" next="probe"/>
+  <recv request="INVITE" rrs="true"/>
+  {reply("200 OK", sdp=True, rrs=True)}
+  <recv request="ACK"/>
+{talk(bye, options_delay_ms)}
+  <nop next="end"/>
+  <label id="probe"/>
+  {reply("200 OK")}
+  <label id="end"/>
+  <nop/>
+</scenario>
+"""

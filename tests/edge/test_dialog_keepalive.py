@@ -5,19 +5,16 @@ stops answering (SIPp caller -> edge -> SIPp callee; one of them SIGKILLed mid-c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tests.edge.helpers import edge_port, pool, running_edge, wait_dest_state
-from tests.edge.scenarios import reply
-from tests.sipp import SIPP, free_port, needs_sipp, run_sipp
+from tests.edge.scenarios import BYE, IN_DIALOG_OK, callee, talk
+from tests.sipp import free_port, needs_sipp, run_sipp, sipp_process
 
 pytestmark = [needs_sipp]
 
@@ -26,19 +23,6 @@ KEEPALIVE = {"keepalive_interval": 1.0, "keepalive_failures": 2, "keepalive_time
 # the second after its time-out; plus scheduling and SIPp's own pacing
 LIMIT = KEEPALIVE["keepalive_interval"] * KEEPALIVE["keepalive_failures"] + 1.0 + 1.5
 
-BYE = '  <recv request="BYE" next="bye"/>'
-IN_DIALOG_OK = """<send{next}><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]></send>"""
-
 BYE_WITH_REASON = """  <recv request="BYE" next="bye">
     <action>
       <ereg regexp="^ *SIP *; *cause=408 *; *text=\\"{side} unreachable\\" *$" search_in="hdr"
@@ -46,39 +30,6 @@ BYE_WITH_REASON = """  <recv request="BYE" next="bye">
     </action>
   </recv>
   <Reference variables="why"/>"""
-
-
-def talk(bye: str, options_delay_ms: int = 0) -> str:
-    """In a call: answer the edge's keep-alive OPTIONS (after ``options_delay_ms``) until a
-    BYE (checked by ``bye``) arrives; answer it."""
-    pause = f'<pause milliseconds="{options_delay_ms}"/>' if options_delay_ms else ""
-    return f"""
-  <label id="talk"/>
-  <recv request="OPTIONS" optional="true" next="ka"/>
-{bye}
-  <label id="ka"/>
-  {pause}
-  {IN_DIALOG_OK.format(next=' next="talk"')}
-  <label id="bye"/>
-  {IN_DIALOG_OK.format(next="")}
-"""
-
-
-def callee(bye: str, options_delay_ms: int = 0) -> str:
-    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="callee that stays in the call">
-  <recv request="OPTIONS" optional="true" next="probe"/>
-  <recv request="INVITE" rrs="true"/>
-  {reply("200 OK", sdp=True, rrs=True)}
-  <recv request="ACK"/>
-{talk(bye, options_delay_ms)}
-  <nop next="end"/>
-  <label id="probe"/>
-  {reply("200 OK")}
-  <label id="end"/>
-  <nop/>
-</scenario>
-"""
 
 
 def caller(bye: str, hang_up_after_keepalives: int = 0) -> str:
@@ -144,42 +95,6 @@ def caller(bye: str, hang_up_after_keepalives: int = 0) -> str:
 {rest}
 </scenario>
 """
-
-
-@contextlib.asynccontextmanager
-async def sipp_process(tmp_path: Path, name: str, xml: str, *args: str) -> AsyncIterator[
-    asyncio.subprocess.Process
-]:  # fmt: skip
-    """A SIPp process this test may SIGKILL (what a crash does to a call)."""
-    assert SIPP is not None
-    path = tmp_path / f"{name}.xml"
-    path.write_text(xml)
-    proc = await asyncio.create_subprocess_exec(
-        SIPP, "-sf", str(path), "-i", "127.0.0.1", "-mp", str(free_port()), "-nostdin",
-        "-timeout", "60s", *args, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        if "-p" in args:  # a callee: ready once its port is taken
-            port = int(args[args.index("-p") + 1])
-            deadline = time.monotonic() + 5
-            while port_free(port):
-                assert time.monotonic() < deadline, "SIPp never bound its port"
-                await asyncio.sleep(0.02)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def kill(proc: asyncio.subprocess.Process) -> float:

@@ -45,6 +45,7 @@ class Node:
 
     def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, log: Path) -> None:
         self.proc, self.host, self.port, self.log = proc, host, port, log
+        self.admin = ""  # its admin API's base URL, when it has one
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -128,10 +129,11 @@ async def edge_node(
     redis_url: str,
     users: Path | None = None,
     pools: list[dict[str, Any]] | None = None,
+    dialogs: dict[str, Any] | None = None,
 ) -> AsyncIterator[Node]:
     """``sipha edge`` on host:port (UDP and TCP), registrar for edge.test in Redis,
     record-routing with the shared name edge.test so any node takes a call's requests;
-    ``pools`` ([[pool]] tables) put servers behind it."""
+    ``pools`` ([[pool]] tables) put servers behind it; ``dialogs`` is its [dialogs]."""
     secret = tmp_path / "route.key"  # every node signs its Record-Route with the same key
     if not secret.exists():
         secret.write_text(secrets.token_hex(32))
@@ -145,6 +147,8 @@ async def edge_node(
         "admin": {"listen": f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"},
         "registrar": {"domains": [REALM], "store": redis_url, "min_expires": 1},
     }
+    if dialogs is not None:
+        cfg["dialogs"] = dialogs
     if users is not None:
         cfg["registrar"]["users_file"] = str(users)
     path = tmp_path / f"edge-{host}.toml"
@@ -153,6 +157,7 @@ async def edge_node(
         [sys.executable, "-m", "sipha", "-v", "edge", "-c", str(path)],
         tmp_path / f"edge-{host}.log", host, port,
     ) as node:  # fmt: skip
+        node.admin = f"http://{cfg['admin']['listen']}"
         yield node
 
 
