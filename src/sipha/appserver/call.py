@@ -21,8 +21,17 @@ from ..sip.dialog import Dialog
 from ..sip.errors import ParseError
 from ..sip.headers import Headers
 from ..sip.ids import new_tag
-from ..sip.message import Request
+from ..sip.message import Request, Response
 from ..sip.sdp import AudioDescription, acceptable_offer, answer_sdp, offer_sdp, parse_sdp
+from ..sip.session_timer import (
+    EXPIRED_REASON,
+    TIMER,
+    Negotiated,
+    SessionClock,
+    uac_headers,
+    uac_result,
+    uas_negotiate,
+)
 from ..sip.uas import UasProfile
 from ..sip.uri import SipURI, TelURI
 from ..stack import (
@@ -38,8 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipha.appserver.call")
 
-# what the appserver implements, and so advertises (§11.2): no extension yet
+# what the appserver implements, and so advertises (§11.2): session timers when enabled
 PROFILE = UasProfile(allow=("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "UPDATE"))
+PROFILE_TIMER = UasProfile(allow=PROFILE.allow, supported=(TIMER,))
 ALLOW = ", ".join(PROFILE.allow)
 
 
@@ -58,9 +68,11 @@ class Call:
     """One inbound call, as the application sees it."""
 
     def __init__(
-        self, server: AppServer, incoming: IncomingRequest, pool: PortPool, media_address: str
-    ) -> None:
+        self, server: AppServer, incoming: IncomingRequest, pool: PortPool, media_address: str,
+        session_timer: Negotiated | None = None,
+    ) -> None:  # fmt: skip
         req = incoming.request
+        self._server = server
         self._stack: SipStack = server.stack
         self._incoming = incoming
         self._pool = pool
@@ -91,6 +103,11 @@ class Call:
         self.offer: AudioDescription | None = None
         self.acked = asyncio.Event()
         self.settings = server.config.app.settings
+        self.session_timer = session_timer  # RFC 4028, negotiated when the INVITE came
+        self._clock: SessionClock | None = None
+        self._clock_wake = asyncio.Event()
+        self._clock_task: asyncio.Task[None] | None = None
+        self._local_sdp = b""
         self._late_offer = not req.body
         if req.body:
             # an offer we cannot answer (no G.711, a c= that is not an address, a bad
@@ -158,12 +175,18 @@ class Call:
         else:
             body = await self._answer_body()
         headers = [self._contact(), ("Allow", ALLOW)]
+        if self.session_timer is not None:
+            headers += self.session_timer.response_headers()
         self._incoming.respond(200, headers=headers, body=body)
+        self._local_sdp = body
         if self.rtp is not None:
             self.rtp.start()  # from now on media never goes quiet (silence between prompts)
         self.dialog = Dialog.from_uas(self.request, self.local_tag, confirmed=True)
         self.state = "answered"
         self.answered_at = time.monotonic()
+        if self.session_timer is not None:
+            self._clock = SessionClock(self.session_timer, "uas", self.answered_at)
+            self._clock_task = asyncio.create_task(self._run_session_timer())
 
     async def reject(self, code: int, reason: str | None = None) -> None:
         """Refuse the call with a final failure code; allowed only before answer()."""
@@ -188,20 +211,103 @@ class Call:
         self._end("hung up by the application")
         await self._send_bye()
 
-    async def _send_bye(self) -> None:
+    async def _send_bye(self, reason: str | None = None) -> None:
         assert self.dialog is not None
         bye = self.dialog.create_request("BYE")
+        if reason is not None:
+            bye.headers.add("Reason", reason)  # RFC 3326
         try:
-            uri = (
-                self.dialog.route_set[0].uri if self.dialog.route_set else self.dialog.remote_target
-            )
-            if isinstance(uri, SipURI):
-                target = await resolve_sip_uri(uri)
-                if target.transport != "udp" or self._incoming.source.transport != "udp":
-                    target = target._replace(transport=self._incoming.source.transport)
-                await self._stack.request(bye, target)
+            await self._send_in_dialog(bye)
         except (TransactionTimeoutError, TransportFailure, OSError, ValueError) as exc:
             log.info("BYE for %s failed: %s", self.id, exc)
+
+    async def _send_in_dialog(self, request: Request) -> Response:
+        """A request of ours in the dialog, to its next hop (first Route, else the
+        caller's Contact), over the transport the call came in on."""
+        assert self.dialog is not None
+        uri = self.dialog.route_set[0].uri if self.dialog.route_set else self.dialog.remote_target
+        if not isinstance(uri, SipURI):
+            raise ValueError(f"cannot route to {uri}")
+        target = await resolve_sip_uri(uri)
+        if target.transport != "udp" or self._incoming.source.transport != "udp":
+            target = target._replace(transport=self._incoming.source.transport)
+        response = await self._stack.request(request, target)
+        if request.method == "INVITE" and 200 <= response.status < 300:
+            ack = self.dialog.create_ack(response.cseq.number)
+            self._stack.prepare_request(ack, target)
+            self._stack.send_stateless(ack, target)
+        return response
+
+    # -- session timer (RFC 4028) ----------------------------------------------------------
+    async def _run_session_timer(self) -> None:
+        """Refresh at half the interval when we are the refresher; else BYE when the
+        caller's refresh did not come in time."""
+        while not self.ended.is_set() and self._clock is not None:
+            delay = self._clock.next_deadline() - time.monotonic()
+            self._clock_wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._clock_wake.wait(), delay)
+                continue  # woken by a refresh, or time is up: look again
+            due = self._clock.due(time.monotonic())
+            if due == "expire":
+                log.warning("call %s: no session refresh within %d s: ending it", self.id,
+                            self._clock.interval)  # fmt: skip
+                self._end("session expired")
+                await self._send_bye(EXPIRED_REASON)
+                return
+            if due == "refresh":
+                await self._refresh()
+            else:
+                await asyncio.sleep(0)  # a deadline just crossed by the clock's rounding
+
+    async def _refresh(self) -> None:
+        """Our session refresh: UPDATE when the caller allows it (no new offer), else a
+        re-INVITE with our last description unchanged (§10)."""
+        assert self.dialog is not None and self._clock is not None
+        policy = self._server.config.session_timer.policy()
+        allowed = ",".join(self.request.headers.get_all("allow")).upper()
+        method = "UPDATE" if "UPDATE" in allowed else "INVITE"
+        body = self._local_sdp if method == "INVITE" else b""
+        request = self.dialog.create_request(
+            method, body=body, content_type="application/sdp" if body else None,
+            contact=self._stack.contact_uri(None, self._incoming.source.transport),
+        )  # fmt: skip
+        for name, value in uac_headers(policy, clock=self._clock):
+            request.headers.add(name, value)
+        try:
+            response = await self._send_in_dialog(request)
+        except (TransactionTimeoutError, TransportFailure, OSError, ValueError) as exc:
+            response = None
+            log.info("call %s: session refresh failed: %s", self.id, exc)
+        if response is not None and 200 <= response.status < 300:
+            negotiated = uac_result(response, policy)
+            if negotiated is not None:
+                self._clock.update(negotiated, "uac", time.monotonic())
+            return
+        if response is None or response.status in (408, 481):
+            # §12.2.1.2: the dialog is gone on the other side
+            self._end("session refresh failed")
+            await self._send_bye(EXPIRED_REASON)
+            return
+        log.info("call %s: session refresh answered %d: the session runs until it expires",
+                 self.id, response.status)  # fmt: skip
+        self._clock.refresh_failed()
+
+    def _refreshed(self, incoming: IncomingRequest) -> list[tuple[str, str]] | None:
+        """A re-INVITE or UPDATE from the caller is a session refresh (§9): the headers
+        for our 2xx, or None after answering 422 (its interval is below our Min-SE)."""
+        if self._clock is None:
+            return []
+        got = uas_negotiate(incoming.request, self._server.config.session_timer.policy())
+        if isinstance(got, int):
+            incoming.respond(422, headers=[("Min-SE", str(got))])
+            return None
+        if got is None:
+            return []
+        self._clock.update(got, "uas", time.monotonic())
+        self._clock_wake.set()
+        return got.response_headers()
 
     # -- media ---------------------------------------------------------------------------
     async def play(self, what: str) -> None:
@@ -267,6 +373,9 @@ class Call:
         self.ended.set()
         if self.rtp is not None:
             self.rtp.close()
+        task = self._clock_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # (from inside, it is sending the BYE that ends the call)
 
     # -- DialogUsage: the caller's requests in this call ----------------------------------
     def on_ack(self, request: Request) -> None:
@@ -282,10 +391,15 @@ class Call:
         self._end("caller hung up")
 
     def on_reoffer(self, incoming: IncomingRequest) -> None:
-        """Hold / retrieve: media stops while the caller holds (RFC 3264 §8.4)."""
+        """Hold / retrieve: media stops while the caller holds (RFC 3264 §8.4); and a
+        session refresh (RFC 4028)."""
         req = incoming.request
+        timer_headers = self._refreshed(incoming)
+        if timer_headers is None:
+            return  # 422
         if not req.body or self.rtp is None:
-            incoming.respond(200, headers=[self._contact()])
+            incoming.respond(200, headers=[self._contact(), *timer_headers],
+                             body=self._local_sdp if req.method == "INVITE" else b"")  # fmt: skip
             return
         try:
             offer = parse_sdp(req.body)
@@ -299,4 +413,4 @@ class Call:
         self.rtp.set_remote(offer.address, offer.port, offer.rtcp_port)
         self.rtp.payload_type = codec
         self.rtp.dtmf_pt = dtmf
-        incoming.respond(200, headers=[self._contact()], body=body)
+        incoming.respond(200, headers=[self._contact(), *timer_headers], body=body)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from ..config import Strict, require_unique
 from ..net.address import parse_listen
 from ..protection import Protection
+from ..sip.session_timer import TimerPolicy
 
 
 def _code(allow_zero: bool) -> AfterValidator:
@@ -159,6 +160,27 @@ class ServerSection(Strict):
     state_file: str = "sipha-appserver.state"  # drain state, relative to the config file
 
 
+class SessionTimerSection(Strict):
+    """RFC 4028 session timers: calls whose far end vanished without a BYE end on their
+    own. Shared by the appserver and the phone (``[session_timer]``)."""
+
+    enabled: bool = True  # false: no Session-Expires, and `timer` is not in Supported
+    expires: int = Field(1800, ge=1, le=86_400)  # s asked for, and accepted at most (§4)
+    # s accepted at least; RFC 4028 §5 puts the floor at 90 s: below it only for labs and
+    # tests (a conforming peer never asks less)
+    min_se: int = Field(90, ge=1, le=86_400)
+    refresher: Literal["uac", "uas", "auto"] = "auto"  # auto: the UAC when it can
+
+    @model_validator(mode="after")
+    def _order(self) -> SessionTimerSection:
+        if self.expires < self.min_se:
+            raise ValueError(f"expires ({self.expires}) must be at least min_se ({self.min_se})")
+        return self
+
+    def policy(self) -> TimerPolicy:
+        return TimerPolicy(self.enabled, self.expires, self.min_se, self.refresher)
+
+
 class AppServerConfig(Strict):
     sip: SipSection = Field(default_factory=SipSection)
     admin: AdminSection = Field(default_factory=AdminSection)
@@ -170,6 +192,7 @@ class AppServerConfig(Strict):
     media: MediaSection = Field(default_factory=MediaSection)
     server: ServerSection = Field(default_factory=ServerSection)
     protection: Protection = Field(default_factory=Protection)
+    session_timer: SessionTimerSection = Field(default_factory=SessionTimerSection)
 
     @field_validator("health")
     @classmethod

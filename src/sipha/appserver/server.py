@@ -30,11 +30,12 @@ from ..media.rtp import PortPool
 from ..runtime import GcPolicy
 from ..sip.errors import ParseError
 from ..sip.message import reason_phrase
+from ..sip.session_timer import uas_negotiate
 from ..sip.transaction import ServerTransaction
-from ..sip.uas import answer_in_dialog, refuse, screen
+from ..sip.uas import UasProfile, answer_in_dialog, refuse, screen
 from ..stack import IncomingRequest, SipStack
 from .availability import Availability
-from .call import PROFILE, AppHandler, Call, CallEnded, CallStateError
+from .call import PROFILE, PROFILE_TIMER, AppHandler, Call, CallEnded, CallStateError
 from .config import AppServerConfig
 from .drain import NOT_DRAINED, DrainState, load_drain, save_drain
 from .health import HealthMonitor
@@ -197,7 +198,8 @@ class AppServer:
     # -- SIP -------------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
         req = incoming.request
-        refusal = screen(req, PROFILE)  # §8.2: 405, 416, 420, 415 before anything else
+        profile = self.profile
+        refusal = screen(req, profile)  # §8.2: 405, 416, 420, 415 before anything else
         if refusal is not None:
             if refusal[0] in (405, 416):
                 self._refused(incoming)
@@ -207,14 +209,14 @@ class AppServer:
         if to_tag:
             call = self.calls.get((req.call_id, to_tag))
             if call is None and req.method == "OPTIONS":
-                incoming.respond(200, headers=PROFILE.capabilities())
+                incoming.respond(200, headers=profile.capabilities())
             else:
                 answer_in_dialog(incoming, call)  # §12.2.2; no call: 481
             return
         if req.method == "OPTIONS":
             code = self.options_code()
             self.metrics.options.labels(str(code)).inc()
-            incoming.respond(code, headers=PROFILE.capabilities())
+            incoming.respond(code, headers=profile.capabilities())
         elif req.method == "INVITE":
             self._admit(incoming)
         elif req.method != "ACK":  # CANCEL (its INVITE is not pending), BYE, INFO, UPDATE
@@ -226,6 +228,11 @@ class AppServer:
         uri = incoming.request.uri
         user = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
         self.guard.refused(incoming.source, incoming.request.method, user, time.monotonic())
+
+    @property
+    def profile(self) -> UasProfile:
+        """What this server implements now: ``timer`` in Supported only when enabled."""
+        return PROFILE_TIMER if self.config.session_timer.enabled else PROFILE
 
     def _admit(self, incoming: IncomingRequest) -> None:
         """INVITE admission; only 100 Trying has been sent when any of these rejects."""
@@ -251,8 +258,14 @@ class AppServer:
             incoming.respond(cfg.invite.no_route_response)
             self._count("rejected_no_route")
             return
+        session_timer = uas_negotiate(incoming.request, cfg.session_timer.policy())
+        if isinstance(session_timer, int):
+            # RFC 4028 §9: its Session-Expires is below our Min-SE; it may retry
+            incoming.respond(422, headers=[("Min-SE", str(session_timer))])
+            self._count("rejected_session_interval")
+            return
         try:
-            call = Call(self, incoming, self.pool, cfg.media.address)
+            call = Call(self, incoming, self.pool, cfg.media.address, session_timer)
         except ParseError as exc:
             incoming.respond(488, exc.reason_phrase)
             self._count("rejected_sdp")

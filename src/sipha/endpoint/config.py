@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..appserver.config import SipSection
+from ..appserver.config import SessionTimerSection, SipSection
 from ..config import Strict, require_unique
 from ..dns.blacklist import BLACKLIST_SECONDS
 from ..dns.config import DnsSection
@@ -103,6 +103,7 @@ class PhoneConfig(Strict):
     policy: Policy = Field(default_factory=Policy)
     dns: DnsSection = Field(default_factory=DnsSection)
     connection: list[ConnectionConfig] = Field(default_factory=list)
+    session_timer: SessionTimerSection = Field(default_factory=SessionTimerSection)
 
     @model_validator(mode="after")
     def _unique(self) -> PhoneConfig:
