@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..media.rtp import PortPool, RtpSession
 from ..media.source import frames
+from ..session_timer_task import SessionTimerTask
 from ..sip.dialog import Dialog
 from ..sip.errors import ParseError
 from ..sip.headers import Headers
@@ -105,8 +106,7 @@ class Call:
         self.settings = server.config.app.settings
         self.session_timer = session_timer  # RFC 4028, negotiated when the INVITE came
         self._clock: SessionClock | None = None
-        self._clock_wake = asyncio.Event()
-        self._clock_task: asyncio.Task[None] | None = None
+        self._timer: SessionTimerTask | None = None
         self._local_sdp = b""
         self._late_offer = not req.body
         if req.body:
@@ -186,7 +186,7 @@ class Call:
         self.answered_at = time.monotonic()
         if self.session_timer is not None:
             self._clock = SessionClock(self.session_timer, "uas", self.answered_at)
-            self._clock_task = asyncio.create_task(self._run_session_timer())
+            self._timer = SessionTimerTask(self._clock, self._refresh, self._expired)
 
     async def reject(self, code: int, reason: str | None = None) -> None:
         """Refuse the call with a final failure code; allowed only before answer()."""
@@ -239,27 +239,13 @@ class Call:
         return response
 
     # -- session timer (RFC 4028) ----------------------------------------------------------
-    async def _run_session_timer(self) -> None:
-        """Refresh at half the interval when we are the refresher; else BYE when the
-        caller's refresh did not come in time."""
-        while not self.ended.is_set() and self._clock is not None:
-            delay = self._clock.next_deadline() - time.monotonic()
-            self._clock_wake.clear()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._clock_wake.wait(), delay)
-                continue  # woken by a refresh, or time is up: look again
-            due = self._clock.due(time.monotonic())
-            if due == "expire":
-                log.warning("call %s: no session refresh within %d s: ending it", self.id,
-                            self._clock.interval)  # fmt: skip
-                self._end("session expired")
-                await self._send_bye(EXPIRED_REASON)
-                return
-            if due == "refresh":
-                await self._refresh()
-            else:
-                await asyncio.sleep(0)  # a deadline just crossed by the clock's rounding
+    async def _expired(self) -> None:
+        """No refresh came in time (we were not the refresher): BYE with a Reason."""
+        assert self._clock is not None
+        log.warning("call %s: no session refresh within %d s: ending it", self.id,
+                    self._clock.interval)  # fmt: skip
+        self._end("session expired")
+        await self._send_bye(EXPIRED_REASON)
 
     async def _refresh(self) -> None:
         """Our session refresh: UPDATE when the caller allows it (no new offer), else a
@@ -306,7 +292,8 @@ class Call:
         if got is None:
             return []
         self._clock.update(got, "uas", time.monotonic())
-        self._clock_wake.set()
+        if self._timer is not None:
+            self._timer.refreshed()
         return got.response_headers()
 
     # -- media ---------------------------------------------------------------------------
@@ -373,9 +360,8 @@ class Call:
         self.ended.set()
         if self.rtp is not None:
             self.rtp.close()
-        task = self._clock_task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()  # (from inside, it is sending the BYE that ends the call)
+        if self._timer is not None:
+            self._timer.stop()
 
     # -- DialogUsage: the caller's requests in this call ----------------------------------
     def on_ack(self, request: Request) -> None:

@@ -250,7 +250,7 @@ class Phone(CallFlows):
     # -- incoming ---------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingRequest) -> None:
         req = incoming.request
-        refusal = screen(req, self.PROFILE)  # §8.2: 405, 416, 420, 415
+        refusal = screen(req, self.profile)  # §8.2: 405, 416, 420, 415
         if refusal is not None:
             refuse(incoming, refusal)
             return
@@ -264,7 +264,7 @@ class Phone(CallFlows):
         elif req.method == "INVITE":
             self.inbound_invite(incoming)
         elif req.method == "OPTIONS":
-            incoming.respond(200, headers=self.PROFILE.capabilities())
+            incoming.respond(200, headers=self.profile.capabilities())
         elif req.method != "ACK":  # CANCEL (its INVITE is not pending), BYE, NOTIFY...
             incoming.respond(481)  # outside any dialog or subscription of ours
 

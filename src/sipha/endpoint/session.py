@@ -18,9 +18,21 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
 from ..dns.locator import LocateError
+from ..session_timer_task import SessionTimerTask
 from ..sip.dialog import Dialog, DialogState
 from ..sip.ids import new_call_id, new_tag
 from ..sip.message import Request, Response
+from ..sip.session_timer import (
+    EXPIRED_REASON,
+    TIMER,
+    Negotiated,
+    SessionClock,
+    TimerPolicy,
+    min_se_of_422,
+    uac_headers,
+    uac_result,
+    uas_negotiate,
+)
 from ..sip.transaction import ClientTransaction, Target
 from ..sip.uas import UasProfile, answer_in_dialog
 from ..sip.uri import URI, SipURI, parse_uri
@@ -88,6 +100,11 @@ class Session:
         self._local_tag = ""
         self._acked = asyncio.Event()
         self._answered = False
+        # session timer (RFC 4028)
+        self._timer_offer: Negotiated | None = None  # what our 2xx will say (inbound)
+        self._clock: SessionClock | None = None
+        self._timer: SessionTimerTask | None = None
+        self._peer_allow = ""  # the peer's Allow: UPDATE there means refresh by UPDATE
 
     @property
     def call_id(self) -> str:
@@ -106,6 +123,8 @@ class Session:
         self._changed = asyncio.Event()
         if state == "disconnected" and final:
             self.ended.set()
+            if self._timer is not None:
+                self._timer.stop()
             self.phone.forget(self)
 
     async def wait_for(self, state: SessionState, timeout: float = 30.0) -> None:
@@ -171,7 +190,17 @@ class CallFlows(ProxySender):
     PROFILE = UasProfile(
         allow=("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "NOTIFY")
     )
+    PROFILE_TIMER = UasProfile(allow=PROFILE.allow, supported=(TIMER,))
     ALLOW = ", ".join(PROFILE.allow)
+
+    @property
+    def profile(self) -> UasProfile:
+        """What the phone implements: ``timer`` in Supported when session timers are on."""
+        return self.PROFILE_TIMER if self.config.session_timer.enabled else self.PROFILE
+
+    @property
+    def timer_policy(self) -> TimerPolicy:
+        return self.config.session_timer.policy()
 
     # what these flows use of the Phone (declared here so the mixin type-checks alone)
     phone_sessions: dict[str, Session]
@@ -276,13 +305,15 @@ class CallFlows(ProxySender):
 
     def _invite_request(
         self, conn: Connection, ruri: URI, target: Target, call_id: str, from_tag: str,
-        cseq: int, sdp: bytes,
+        cseq: int, sdp: bytes, min_se: int | None = None,
     ) -> Request:  # fmt: skip
         req = conn.new_request(
             "INVITE", ruri, f"<{ruri}>", call_id, from_tag, cseq,
             transport=target.transport, body=sdp,
         )  # fmt: skip
         req.headers.add("Allow", self.ALLOW)
+        for name, value in uac_headers(self.timer_policy, min_se):
+            req.headers.add(name, value)
         if sdp:
             req.headers.add("Content-Type", "application/sdp")
         return req
@@ -310,10 +341,12 @@ class CallFlows(ProxySender):
         session.set_state("in_progress")
         last: list[Request] = []
 
+        min_se: list[int | None] = [None]
+
         def build() -> Request:
             cseq[0] += 1
             req = self._invite_request(
-                conn, ruri, target, call_id, from_tag, cseq[0], session.local_sdp
+                conn, ruri, target, call_id, from_tag, cseq[0], session.local_sdp, min_se[0]
             )
             last[:] = [req]
             return req
@@ -332,14 +365,21 @@ class CallFlows(ProxySender):
             session._invite_txn = txn
             session._invite_target = target
 
-        resp = await self.send(
-            conn,
-            build,
-            target,
-            on_provisional=on_provisional,
-            on_txn=on_txn,
-            on_retransmitted_2xx=lambda r: self._ack(session, r),
-        )
+        for _ in range(2):
+            resp = await self.send(
+                conn,
+                build,
+                target,
+                on_provisional=on_provisional,
+                on_txn=on_txn,
+                on_retransmitted_2xx=lambda r: self._ack(session, r),
+            )
+            asked = min_se_of_422(resp)
+            if asked is None or min_se[0] is not None or session._cancel_wanted:
+                break
+            # RFC 4028 §7.3: once more, same Call-ID and tags, with the interval it asks
+            log.info("INVITE %s: 422, asking again with Min-SE %d", call_id, asked)
+            min_se[0] = asked
         session._invite = last[0]
         return resp
 
@@ -355,6 +395,10 @@ class CallFlows(ProxySender):
         session.remote_sdp = resp.body
         self.dialogs[session.dialog.id] = session
         self._ack(session, resp)
+        session._peer_allow = ",".join(resp.headers.get_all("allow")).upper()
+        negotiated = uac_result(resp, self.timer_policy)
+        if negotiated is not None:
+            self._start_timer(session, negotiated, "uac")
         if session._cancel_wanted:  # the 200 crossed our CANCEL: end it properly
             self.spawn(self.bye(session))
             return
@@ -482,14 +526,21 @@ class CallFlows(ProxySender):
         )
         return None
 
-    async def bye(self, session: Session, reason: str = "local hangup") -> None:
+    async def bye(
+        self, session: Session, reason: str = "local hangup", sip_reason: str | None = None
+    ) -> None:
         d = session.dialog
         if d is None or d.state is DialogState.TERMINATED:
             return
         d.state = DialogState.TERMINATED
-        resp = await self.cycle(
-            session, "BYE", lambda: d.create_request("BYE"), lambda: self.dialog_targets(session)
-        )
+
+        def build() -> Request:
+            bye = d.create_request("BYE")
+            if sip_reason is not None:
+                bye.headers.add("Reason", sip_reason)  # RFC 3326
+            return bye
+
+        resp = await self.cycle(session, "BYE", build, lambda: self.dialog_targets(session))
         if resp is None:
             reason += f"; BYE abandoned after {self.config.policy.retry_window:g} s"
         elif resp.status >= 300:
@@ -512,10 +563,68 @@ class CallFlows(ProxySender):
         if resp is None:
             session.set_state("disconnected", "cancel abandoned: no proxy answered")
 
+    # -- session timer (RFC 4028) --------------------------------------------------------
+    def _start_timer(self, session: Session, negotiated: Negotiated, we_were: str) -> None:
+        session._clock = SessionClock(negotiated, "uac" if we_were == "uac" else "uas", self.now)
+        session._timer = SessionTimerTask(
+            session._clock, lambda: self.refresh_session(session),
+            lambda: self.bye(session, reason="session expired", sip_reason=EXPIRED_REASON),
+        )  # fmt: skip
+
+    async def refresh_session(self, session: Session) -> None:
+        """Our refresh: UPDATE when the peer allows it, else a re-INVITE with the same
+        description; through the proxies like any in-dialog request."""
+        d, clock = session.dialog, session._clock
+        if d is None or clock is None or session.state not in ("established", "held"):
+            return
+        conn = self.connection_object(session.connection)
+        transport = session._invite_target.transport if session._invite_target else "udp"
+        contact = parse_uri(conn.contact_uri(transport)) if conn else None
+        method = "UPDATE" if "UPDATE" in session._peer_allow else "INVITE"
+        body = session.local_sdp if method == "INVITE" else b""
+
+        def build() -> Request:
+            req = d.create_request(
+                method, body=body, content_type="application/sdp" if body else None,
+                contact=contact,
+            )  # fmt: skip
+            for name, value in uac_headers(self.timer_policy, clock=clock):
+                req.headers.add(name, value)
+            return req
+
+        targets: list[Target] = []
+
+        async def where() -> list[Target]:
+            targets[:] = await self.dialog_targets(session)
+            return targets
+
+        resp = await self.cycle(session, f"session refresh ({method})", build, where)
+        if resp is None or resp.status in (408, 481):
+            await self.bye(session, reason="session refresh failed", sip_reason=EXPIRED_REASON)
+            return
+        if 200 <= resp.status < 300:
+            if method == "INVITE" and targets:
+                ack = d.create_ack(resp.cseq.number)
+                self.stack.prepare_request(ack, targets[0])
+                self.stack.send_stateless(ack, targets[0])
+            negotiated = uac_result(resp, self.timer_policy)
+            if negotiated is not None:
+                clock.update(negotiated, "uac", self.now)
+            return
+        log.info("session refresh %s answered %d: the call runs until it expires",
+                 d.call_id, resp.status)  # fmt: skip
+        clock.refresh_failed()
+
     # -- inbound --------------------------------------------------------------------------
     def inbound_invite(self, incoming: IncomingRequest) -> None:
+        offer = uas_negotiate(incoming.request, self.timer_policy)
+        if isinstance(offer, int):
+            incoming.respond(422, headers=[("Min-SE", str(offer))])  # RFC 4028 §9
+            return
         conn = self.connection_for_source(incoming.source)
         session = Session(self, "inbound", conn.id if conn else None)
+        session._timer_offer = offer
+        session._peer_allow = ",".join(incoming.request.headers.get_all("allow")).upper()
         session.incoming = incoming
         session._local_tag = new_tag()
         incoming.to_tag = session._local_tag
@@ -547,14 +656,16 @@ class CallFlows(ProxySender):
         session._answered = True
         session.local_sdp = sdp if sdp is not None else self.offer()
         conn = self.connection_object(session.connection)
+        headers = [("Contact", f"<{self.contact_for(conn, incoming)}>"), ("Allow", self.ALLOW)]
+        if session._timer_offer is not None:
+            headers += session._timer_offer.response_headers()
         resp = incoming.respond(
-            200,
-            headers=[("Contact", f"<{self.contact_for(conn, incoming)}>"), ("Allow", self.ALLOW)],
-            body=session.local_sdp,
-            content_type="application/sdp",
+            200, headers=headers, body=session.local_sdp, content_type="application/sdp"
         )
         session.dialog = Dialog.from_uas(incoming.request, session._local_tag, confirmed=True)
         self.dialogs[session.dialog.id] = session
+        if session._timer_offer is not None:
+            self._start_timer(session, session._timer_offer, "uas")
         self.spawn(self._await_ack(session, resp))
 
     async def _await_ack(self, session: Session, ok: Response) -> None:
@@ -598,18 +709,28 @@ class CallFlows(ProxySender):
         )
 
     def answer_reoffer(self, session: Session, incoming: IncomingRequest) -> None:
-        """A re-INVITE or UPDATE: the same media, in the direction the peer asks (hold)."""
+        """A re-INVITE or UPDATE: the same media, in the direction the peer asks (hold);
+        a session refresh too (RFC 4028)."""
         req = incoming.request
+        conn = self.connection_object(session.connection)
+        headers = [("Contact", f"<{self.contact_for(conn, incoming)}>")]
+        if session._clock is not None:
+            refreshed = uas_negotiate(req, self.timer_policy)
+            if isinstance(refreshed, int):
+                incoming.respond(422, headers=[("Min-SE", str(refreshed))])
+                return
+            if refreshed is not None:
+                headers += refreshed.response_headers()
+                session._clock.update(refreshed, "uas", self.now)
+                if session._timer is not None:
+                    session._timer.refreshed()
+        if req.method == "UPDATE" and not req.body:
+            incoming.respond(200, headers=headers)  # no offer, no answer (RFC 3311)
+            return
         theirs = sdp_direction(req.body) if req.body else "sendrecv"
         ours = {"sendonly": "recvonly", "inactive": "inactive"}.get(theirs, "sendrecv")
         body = with_direction(session.local_sdp or self.offer(), ours)
-        conn = self.connection_object(session.connection)
-        incoming.respond(
-            200,
-            headers=[("Contact", f"<{self.contact_for(conn, incoming)}>")],
-            body=body,
-            content_type="application/sdp",
-        )
+        incoming.respond(200, headers=headers, body=body, content_type="application/sdp")
         session.remote_sdp = req.body or session.remote_sdp
         held = theirs in ("sendonly", "inactive")
         if held != session.held:
