@@ -135,14 +135,17 @@ def _table(status: dict[str, Any]) -> None:
     code = status.get("options_code")
     t.add_row("OPTIONS answer", f"[{'green' if code == 200 else 'red'}]{code}")
     t.add_row("maintenance", "[red]ON" if m.get("active") else "[green]off")
+    degraded = status.get("degraded", {})
+    if degraded.get("active"):
+        t.add_row("degraded", "[yellow]YES[/] (calls still taken): "
+                  + "; ".join(degraded.get("reasons", [])))  # fmt: skip
     for src in m.get("sources", []):
         t.add_row(f"  {src['name']}", f"{src.get('code') or ''} {src['reason']}".strip())
     if ch:
         t.add_row("channels", f"{ch.get('used')} used / {ch.get('max')} ({ch.get('free')} free)")
     for h in status.get("health", []):
-        t.add_row(
-            f"backend {h['name']}", ("[green]up" if h["up"] else "[red]DOWN") + f"  {h['reason']}"
-        )
+        down = "[red]DOWN" if h.get("action", "drain") == "drain" else "[yellow]DOWN (report)"
+        t.add_row(f"backend {h['name']}", ("[green]up" if h["up"] else down) + f"  {h['reason']}")
     cfg = status.get("config", {})
     t.add_row("config", f"version {cfg.get('version')} {cfg.get('path', '')}")
     if cfg.get("last_reload_error"):

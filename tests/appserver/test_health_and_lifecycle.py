@@ -99,6 +99,41 @@ async def test_backend_down_means_maintenance_and_calls_in_progress_continue(
     await backend.stop()
 
 
+async def test_a_report_probe_marks_the_server_degraded_and_calls_go_on(tmp_path: Path) -> None:
+    # a backend every server shares is down: draining would refuse the whole site's calls
+    closed = free_port()
+    health = [{"name": "crm", "probe": f"tcp://127.0.0.1:{closed}", "interval": 0.1,
+               "timeout": 0.2, "fall": 1, "rise": 1, "action": "report"}]  # fmt: skip
+    async with (
+        running_appserver(tmp_path, health=health,
+                          app={"handler": "tests.apps:hold_for", "settings": {"seconds": 0.2}})
+        as server,
+        prober(server) as probe,
+        SipStack(["udp:127.0.0.1:0"]) as caller_stack,
+    ):  # fmt: skip
+        await wait_until(lambda: bool(server.degraded), timeout=3.0)
+        assert await probe.code() == 200  # OPTIONS stay 200: the SBC keeps sending calls
+        port = sip_port(server)
+        call = await UserAgent(caller_stack).invite(
+            f"sip:ivr@127.0.0.1:{port}", target=Target("udp", "127.0.0.1", port),
+            body=simple_sdp("127.0.0.1", 40000),
+        )  # fmt: skip
+        await asyncio.wait_for(call.ended.wait(), 5)
+        assert server.counters == {"answered": 1}
+        assert "sipha_degraded 1.0" in server.metrics.render().decode()
+        rc, out, _ = await run_cli("ctl", "--admin", admin_url(server), "status")
+        assert rc == 0 and "degraded" in out and "backend crm down" in out, out
+        assert "DOWN (report)" in out and "OPTIONS answer" in out and "200" in out
+        status = server.status()
+        assert status["maintenance"]["active"] is False
+        assert status["degraded"]["active"] is True
+        # the backend returns: no longer degraded
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", closed)
+        await wait_until(lambda: not server.degraded, timeout=3.0)
+        assert "sipha_degraded 0.0" in server.metrics.render().decode()
+        listener.close()
+
+
 async def test_tcp_probe(tmp_path: Path) -> None:
     closed = free_port()
     health = [

@@ -145,7 +145,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @needs_sipp
-async def test_status_page_shows_a_destination_going_to_probing(tmp_path: Path) -> None:
+async def test_status_page_shows_a_destination_going_to_probing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             raise RuntimeError("chromium missing: make test installs Debian's chromium")
@@ -186,6 +188,24 @@ async def test_status_page_shows_a_destination_going_to_probing(tmp_path: Path) 
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 1000
             assert "probing" in await page.locator('tr[data-dest="0"]').inner_text()
+            # the last destination goes too: the pool has none left, said once, and shown
+            assert edge.pools[0].emptied == 0
+            await edge.set_destination_state("ivr", 1, "disabled")
+            banner = page.locator('p.empty[data-empty="ivr"]')
+            await banner.wait_for(timeout=5000)
+            assert "NO ACTIVE DESTINATION" in await banner.inner_text()
+            await page.screenshot(path=str(ARTIFACTS / "edge-status-page-empty-pool.png"),
+                                  full_page=True)  # fmt: skip
+            assert edge.pools[0].emptied == 1 and edge.pools[0].active == 0
+            edge.metrics.update(edge)
+            text = edge.metrics.render().decode()
+            assert 'sipha_edge_pool_active_destinations{pool="ivr"} 0.0' in text
+            await edge.set_destination_state("ivr", 1, "active")
+            await banner.wait_for(state="detached", timeout=5000)
+            assert edge.pools[0].empty_since is None and edge.pools[0].emptied == 1
+            said = [r.getMessage() for r in caplog.records if "ACTIVE DESTINATION" in r.getMessage()
+                    or "active destination again" in r.getMessage()]  # fmt: skip
+            assert len(said) == 2 and "NO ACTIVE DESTINATION" in said[0], said
             await browser.close()
 
 

@@ -133,6 +133,11 @@ class HealthProbe(Strict):
     timeout: float = Field(0.5, gt=0, le=60)
     fall: int = Field(3, ge=1, le=100)  # consecutive failures before the backend is down
     rise: int = Field(2, ge=1, le=100)  # consecutive successes before it is up again
+    # what a failing backend does: "drain" puts the server in maintenance (OPTIONS and new
+    # INVITEs get the maintenance code, the SBC moves calls elsewhere); "report" only marks
+    # it degraded (status, metrics, log) and keeps taking calls -- for a backend every
+    # server shares, whose failure draining would turn into a site-wide outage
+    action: Literal["drain", "report"] = "drain"
 
     @field_validator("probe")
     @classmethod

@@ -13,6 +13,11 @@ class AppServerMetrics:
             "sipha_options_answers", "OPTIONS answers by code", ["code"], registry=r
         )
         self.maintenance = Gauge("sipha_maintenance", "1 while in maintenance", registry=r)
+        self.degraded = Gauge(
+            "sipha_degraded",
+            'A [[health]] probe with action = "report" is down; calls are still taken',
+            registry=r,
+        )
         self.maintenance_source = Gauge(
             "sipha_maintenance_source",
             "1 for each active maintenance source",

@@ -92,6 +92,7 @@ class AppServer:
         self.calls: dict[tuple[str, str], Call] = {}  # (Call-ID, our tag) -> call
         self.channels_used = 0
         self.counters: dict[str, int] = {}
+        self.degraded: dict[str, str] = {}  # "report" probes that are down -> reason
         self.admin: AdminServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._was_in_maintenance = self.availability.in_maintenance
@@ -159,6 +160,18 @@ class AppServer:
 
     def _on_health(self, name: str, up: bool, reason: str) -> None:
         self.metrics.health_transitions.labels(name, "up" if up else "down").inc()
+        probe = next((p for p in self.config.health if p.name == name), None)
+        if probe is not None and probe.action == "report":
+            # degraded, not drained: calls keep coming (a backend all servers share)
+            if up:
+                if self.degraded.pop(name, None) is not None:
+                    log.warning("backend %s is back: no longer degraded", name)
+            else:
+                self.degraded[name] = f"backend {name} down: {reason}"
+                log.warning("DEGRADED: backend %s down (%s); still taking calls "
+                            "([[health]] action = \"report\")", name, reason)  # fmt: skip
+            self._sync_metrics()
+            return
         if up:
             self.availability.health_down.pop(name, None)
         else:
@@ -190,6 +203,7 @@ class AppServer:
         m.config_version.set(self.holder.version)
         for name, state in self.health.states.items():
             m.health_up.labels(name).set(1 if state.up else 0)
+        m.degraded.set(1 if self.degraded else 0)
 
     def _count(self, outcome: str) -> None:
         self.counters[outcome] = self.counters.get(outcome, 0) + 1
@@ -339,6 +353,7 @@ class AppServer:
                 "free": self.free_channels,
             },
             "options_code": self.options_code(),
+            "degraded": {"active": bool(self.degraded), "reasons": sorted(self.degraded.values())},
             "maintenance": {
                 "active": a.in_maintenance,
                 "code": a.maintenance_code if a.in_maintenance else None,
@@ -361,6 +376,7 @@ class AppServer:
                     "failures": s.failures,
                     "successes": s.successes,
                     "last_change": s.last_change,
+                    "action": next((p.action for p in cfg.health if p.name == name), "drain"),
                 }
                 for name, s in self.health.states.items()
             ],

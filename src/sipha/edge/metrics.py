@@ -41,6 +41,14 @@ class EdgeMetrics:
             [*labels, "state"],
             registry=r,
         )
+        self.pool_active = Gauge(
+            "sipha_edge_pool_active_destinations", "Destinations of a pool taking calls",
+            ["pool"], registry=r,
+        )
+        self.pool_emptied = Gauge(
+            "sipha_edge_pool_emptied", "Times a pool lost its last active destination",
+            ["pool"], registry=r,
+        )
         self.pool_rerouted = Gauge(
             "sipha_edge_pool_rerouted", "Re-routed calls", ["pool"], registry=r
         )
@@ -94,6 +102,8 @@ class EdgeMetrics:
         self.dialogs_forgotten.set(edge.dialogs.table.forgotten)
         for pool in edge.pools:
             self.pool_rerouted.labels(pool.name).set(pool.rerouted)
+            self.pool_active.labels(pool.name).set(pool.active)
+            self.pool_emptied.labels(pool.name).set(pool.emptied)
             for d in pool.destinations:
                 lab = (pool.name, str(d.index))
                 self.calls.labels(*lab).set(d.calls)

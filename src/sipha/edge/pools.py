@@ -114,6 +114,26 @@ class PoolRuntime:
         self.rerouted = 0
         self.rerouted_after_18x = 0
         self.exhausted = 0
+        self.empty_since: float | None = None  # wall clock: no destination takes calls
+        self.emptied = 0  # times it went empty
+
+    @property
+    def active(self) -> int:
+        """Destinations that take calls now."""
+        return sum(1 for d in self.destinations if d.selectable)
+
+    def check_empty(self, now: float) -> bool | None:
+        """True when the pool just lost its last active destination, False when one came
+        back, None when nothing changed."""
+        empty = self.active == 0
+        if empty and self.empty_since is None:
+            self.empty_since = now
+            self.emptied += 1
+            return True
+        if not empty and self.empty_since is not None:
+            self.empty_since = None
+            return False
+        return None
 
     def matches(self, ruri: str) -> bool:
         return bool(self.pattern.search(ruri))
@@ -202,5 +222,8 @@ class PoolRuntime:
             "rerouted": self.rerouted,
             "rerouted_after_18x": self.rerouted_after_18x,
             "exhausted": self.exhausted,
+            "active": self.active,
+            "empty_since": self.empty_since,
+            "emptied": self.emptied,
             "destinations": [d.to_json() for d in self.destinations],
         }

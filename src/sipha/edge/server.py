@@ -434,6 +434,19 @@ class EdgeServer:
         if pool.mark_down(dest, reason):
             log.warning("pool %s destination %s taken OUT at once: %s", pool.name, dest.uri, reason)
             self.dialogs.destination_down(pool.name, str(dest.uri))
+            self.check_pool(pool)
+
+    def check_pool(self, pool: PoolRuntime) -> None:
+        """One log line when a pool has no destination left to take calls, one when it
+        has again (its calls get 503 meanwhile)."""
+        change = pool.check_empty(time.time())
+        if change is True:
+            down = "; ".join(f"{d.uri}: {d.down_reason or d.state}" for d in pool.destinations)
+            log.error("pool %s has NO ACTIVE DESTINATION: its calls get 503 (%s)", pool.name,
+                      down or "no destinations")  # fmt: skip
+        elif change is False:
+            log.warning("pool %s has an active destination again (%d of %d)", pool.name,
+                        pool.active, len(pool.destinations))  # fmt: skip
 
     def _on_probe_change(self, pool: PoolRuntime, dest: DestinationRuntime, up: bool) -> None:
         self.metrics.destination_transitions.labels(
@@ -441,6 +454,7 @@ class EdgeServer:
         ).inc()
         if not up:
             self.dialogs.destination_down(pool.name, str(dest.uri))
+        self.check_pool(pool)
 
     def dialog_answered(self, pc: ProxyCall, target: Target, response: Response,
                         dest: DestinationRuntime | None) -> None:  # fmt: skip
@@ -681,6 +695,7 @@ class EdgeServer:
                 dest.admin_state = state
                 await self.store.set_admin_state(f"{pool_name}/{index}", state)
                 log.warning("pool %s destination %s set %s by admin", pool_name, dest.uri, state)
+                self.check_pool(pool)
                 return dest
         raise KeyError(f"no destination {index} in pool {pool_name}")
 
@@ -703,6 +718,7 @@ class EdgeServer:
                             d.admin_state = states[key]
                         if key in calls:
                             d.active_calls = calls[key]
+                    self.check_pool(pool)  # an admin state set through another node
             except Exception as exc:  # noqa: BLE001 - a store outage must not stop routing
                 log.debug("shared state sync failed: %s", exc)
             await asyncio.sleep(0.5)
