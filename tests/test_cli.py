@@ -56,3 +56,25 @@ def test_short_demo_loses_no_call_and_writes_the_report(tmp_path) -> None:
     answered_a = int(html.split("<th>answered on A</th><td>")[1].split("<")[0])
     answered_b = int(html.split("<th>answered on B</th><td>")[1].split("<")[0])
     assert answered_a > 0 and answered_b > answered_a
+
+
+def test_crash_demo_ends_every_call_left_on_the_dead_server(tmp_path) -> None:
+    # A is SIGKILLed with calls up: the edge's keep-alive (1 s x 2 in the demo) finds each
+    # one dead and sends its caller a BYE with a Reason, rather than leaving it in silence
+    report = tmp_path / "report.html"
+    out = sipha("demo", "--scenario", "crash", "--seconds", "9", "--report", str(report),
+                timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    html = report.read_text()
+
+    def row(name: str) -> str:
+        return html.split(f"<th>{name}</th><td>")[1].split("<")[0]
+
+    up_on_a = int(row("calls up on A at the failure"))
+    assert up_on_a > 0
+    assert int(row("... ended by the edge (BYE with Reason)")) == up_on_a
+    assert int(row("... hung up by the caller first")) == 0
+    median, worst = (float(v.split()[0]) for v in row(
+        "crash -&gt; caller&#x27;s leg ended: median / max").split(" / "))  # fmt: skip
+    # keep-alive interval x failures (2 s) with the last one's time-out, plus a margin
+    assert worst < 3.5, (median, worst)

@@ -94,7 +94,7 @@ class Usage:
     def on_ack(self, request: Request) -> None:
         self.calls.append("ack")
 
-    def on_bye(self) -> None:
+    def on_bye(self, request: Request) -> None:
         self.calls.append("bye")
 
     def on_reoffer(self, incoming: Answered) -> None:

@@ -77,7 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--cps", type=_positive_float, default=5.0, help="calls per second (default 5)"
     )
     demo.add_argument(
-        "--duration", type=_positive_float, default=3.0, help="seconds each call lasts (default 3)"
+        "--duration", type=_positive_float, default=None,
+        help="seconds each call lasts (default 3; 10 in the crash scenario)",
     )
     demo.add_argument(
         "--scenario", choices=("backend", "crash", "edge-failover"), default="backend",

@@ -133,7 +133,7 @@ class Call:
     def on_ack(self, request: Request) -> None:
         self.established.set()
 
-    def on_bye(self) -> None:
+    def on_bye(self, request: Request) -> None:
         self._end("remote BYE")
 
     def on_reoffer(self, incoming: IncomingRequest) -> None:

@@ -84,6 +84,8 @@ async def test_the_other_node_takes_the_call_over_and_ends_it_when_the_callee_is
             assert listing["count"] == 0
             ended = [e for e in rec.sessions(session.id) if isinstance(e, SessionEvent)]
             assert ended[-1].state == "disconnected"
+            assert ended[-1].reason == (
+                'remote hangup (SIP;cause=408;text="callee unreachable")'), ended[-1].reason
             # one sip_transaction_timeout (1 s) to reach the other node, then the keep-alive
             # interval x failures with the last time-out: 1 + 1 x 2 + 1, and a margin
             assert took < 6.5, took

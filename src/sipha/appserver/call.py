@@ -373,7 +373,7 @@ class Call:
                 self.rtp.dtmf_pt = offer.dtmf_pt
         self.acked.set()
 
-    def on_bye(self) -> None:
+    def on_bye(self, request: Request) -> None:
         self._end("caller hung up")
 
     def on_reoffer(self, incoming: IncomingRequest) -> None:

@@ -5,8 +5,11 @@ Scenarios (``--scenario``):
   maintenance by itself (its OPTIONS turn 503), the edge takes it out, calls go to B, the
   calls already on A finish; the backend returns at two thirds and A takes calls again.
   No call may be lost: that is the exit status.
-- ``crash``: A is SIGKILLed instead. Calls up on A are lost (counted, not hidden); new
-  calls move to B once the edge notices. A is restarted at two thirds.
+- ``crash``: A is SIGKILLed instead. Calls up on A are lost (counted, not hidden), but
+  none is left hanging: the edge's dialog keep-alive finds A gone and sends each caller a
+  BYE with a Reason; new calls move to B once the edge notices. A is restarted at two
+  thirds. Calls last 10 s here (unless --duration says otherwise), so that they are
+  still up when the edge ends them.
 - ``edge-failover``: two edge nodes behind one name (127.0.0.2 and 127.0.0.3 in a hosts
   file the demo writes); one is frozen (SIGSTOP). The caller's endpoint SDK pays one
   transaction time-out, then its penalty blacklist sends every call to the other node.
@@ -50,6 +53,11 @@ class CallRecord:
     ended: float | None = None
     outcome: str = "pending"  # ok | failed: <reason> | lost: <reason>
 
+    @property
+    def ended_by_edge(self) -> bool:
+        """The edge's keep-alive ended it: a BYE with Reason '<side> unreachable'."""
+        return "unreachable" in (self.session.reason or "") and self.outcome.startswith("lost")
+
 
 @dataclass
 class Result:
@@ -75,12 +83,14 @@ class Result:
 
 class Demo:
     def __init__(
-        self, *, seconds: float, cps: float, duration: float, scenario: str, report: Path,
+        self, *, seconds: float, cps: float, duration: float | None, scenario: str, report: Path,
         console: Console | None = None, workdir: Path | None = None,
         edge_factory: EdgeFactory = EdgeNode, edge_probe: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
+        if duration is None:  # crash: calls long enough to outlive the failure's detection
+            duration = 10.0 if scenario == "crash" else 3.0
         self.seconds, self.cps, self.duration, self.scenario = seconds, cps, duration, scenario
         self.report_path = report
         self.console = console or Console()
@@ -328,6 +338,15 @@ class Demo:
         ]
         if self.scenario == "crash":
             rows.append(("calls lost with A (expected in a crash)", str(crash_lost)))
+            fail = r.marks.get("failure")
+            by_edge = [c for c in r.on_a_at_failure if c.ended_by_edge]
+            took = sorted(c.ended - fail for c in by_edge if c.ended is not None
+                          and fail is not None)  # fmt: skip
+            hanging = [c for c in lost_on_a if not c.ended_by_edge]
+            rows.append(("... ended by the edge (BYE with Reason)", str(len(by_edge))))
+            rows.append(("crash -> caller's leg ended: median / max",
+                         f"{took[len(took) // 2]:.2f} s / {took[-1]:.2f} s" if took else "-"))
+            rows.append(("... hung up by the caller first", str(len(hanging))))
         if self.scenario == "edge-failover":
             retried = [c.session for c in r.calls if len(c.session.call_ids) > 1]
             rows.append(("calls re-sent to the other edge node (new Call-ID)", str(len(retried))))

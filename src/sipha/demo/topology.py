@@ -164,6 +164,10 @@ class Edge(Protocol):
     def dest_state(self, index: int) -> str | None: ...
 
 
+# the edge's dialog keep-alive in the demo: in-dialog OPTIONS every second, a call ended
+# after two unanswered (bench/failover.py gives Kamailio's dialog module the same)
+DIALOGS = {"keepalive_interval": 1.0, "keepalive_failures": 2, "keepalive_timeout": 1.0}
+
 # (name, workdir, host, port, destination ports, probe settings) -> an edge node
 EdgeFactory = Callable[[str, Path, str, int, list[int], dict[str, Any]], Edge]
 
@@ -193,6 +197,7 @@ class EdgeNode:
                 "destination": [{"uri": f"sip:127.0.0.1:{p}"} for p in dests],
             }],
             "server": {"node_name": name, "shutdown_grace": 2},
+            "dialogs": DIALOGS,
         }  # fmt: skip
         path = d / "edge.toml"
         path.write_text(dump_toml(cfg))

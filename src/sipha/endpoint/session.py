@@ -144,10 +144,11 @@ class Session:
             self._acked.set()
             self.set_state("established", "ACK received")
 
-    def on_bye(self) -> None:
+    def on_bye(self, request: Request) -> None:
         if self.dialog is not None:
             self.dialog.state = DialogState.TERMINATED
-        self.set_state("disconnected", "remote hangup")
+        why = request.headers.get("reason")  # RFC 3326: e.g. an edge ended a dead call
+        self.set_state("disconnected", f"remote hangup ({why})" if why else "remote hangup")
 
     def on_reoffer(self, incoming: IncomingRequest) -> None:
         self.phone.answer_reoffer(self, incoming)

@@ -129,8 +129,8 @@ class DialogUsage(Protocol[A_contra]):
     def on_ack(self, request: Request) -> None:
         """The ACK for our 2xx (maybe with the answer to a late offer)."""
 
-    def on_bye(self) -> None:
-        """The peer ended the dialog (its BYE is already answered 200)."""
+    def on_bye(self, request: Request) -> None:
+        """The peer ended the dialog (its BYE, with maybe a Reason, is answered 200)."""
 
     def on_reoffer(self, incoming: A_contra) -> None:
         """A re-INVITE or UPDATE: hold, retrieve, new media; the usage answers it."""
@@ -152,7 +152,7 @@ def answer_in_dialog(incoming: A, usage: DialogUsage[A] | None) -> None:
     assert usage is not None  # a known dialog, or it was refused
     if request.method == "BYE":
         incoming.respond(200)
-        usage.on_bye()
+        usage.on_bye(request)
     elif request.method in ("INVITE", "UPDATE"):
         usage.on_reoffer(incoming)
     else:
