@@ -13,13 +13,17 @@ What each scenario measures (median and worst of the runs):
   ``edge-failover`` — an edge node frozen until calls are answered again (the caller's
   transaction time-out, then its blacklist sends everything to the other node).
 - lost: calls that failed or dropped, besides (``crash``) the calls up on A when it
-  died: no edge can save those; they are shown on a row of their own.
+  died: no edge can save those; they are shown on a row of their own, with how many of
+  them the edge ended (a BYE to the caller after its dialog keep-alive found A gone:
+  sipha's [dialogs], Kamailio's dialog module with ka-src/ka-dst, both every
+  ``--ka-interval`` s -- Kamailio allows no less than 30 -- ended after 2 failures) and
+  how long after the crash the caller's leg was ended.
 - re-routed: INVITEs the edge sent on to B after A refused or did not answer
   (``edge-failover``: INVITEs the caller re-sent to the other edge node).
 - back to full: recovery until the edge takes A back (``edge-failover``: n/a — the
   caller keeps the thawed node penalised for ``blacklist_seconds``, by design).
 
-    python bench/failover.py [--runs 3] [--seconds 24] [--cps 5] [--duration 3]
+    python bench/failover.py [--runs 3] [--seconds 24] [--cps 5] [--duration S]
                              [--scenarios backend,crash,edge-failover] [--svg FILE]
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import shutil
 import statistics
@@ -47,7 +52,7 @@ from tests.endpoint.helpers import wait_answering  # noqa: E402
 
 from sipha.demo.report import Marker, chart_svg, per_second  # noqa: E402
 from sipha.demo.run import SCENARIOS, Demo, Result  # noqa: E402
-from sipha.demo.topology import EdgeFactory, EdgeNode, Process  # noqa: E402
+from sipha.demo.topology import DIALOGS, EdgeFactory, EdgeNode, Process  # noqa: E402
 from sipha.edge.config import DEFAULT_ALTERNATIVE  # noqa: E402
 
 KAMAILIO = shutil.which("kamailio")
@@ -62,9 +67,10 @@ class KamailioEdge:
 
     def __init__(
         self, name: str, workdir: Path, host: str, port: int, dests: list[int],
-        probe: dict[str, Any],
+        probe: dict[str, Any], dialogs: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         assert KAMAILIO is not None
+        ka = dialogs or DIALOGS
         self.name, self.host, self.port = name, host, port
         self.uris = [f"sip:127.0.0.1:{p}" for p in dests]
         d = workdir / name
@@ -77,6 +83,8 @@ class KamailioEdge:
             "@TIMEOUT_MS@": str(round(probe["probe_timeout"] * 1000)),
             "@FALL@": str(probe["fall"]), "@RISE@": str(probe["rise"]),
             "@REASONS@": "|".join(str(c) for c in DEFAULT_ALTERNATIVE),
+            "@KA_INTERVAL@": str(round(ka["keepalive_interval"])),
+            "@KA_FAILED@": str(ka["keepalive_failures"]),
         }  # fmt: skip
         cfg = TEMPLATE.read_text()
         for k, v in fields.items():
@@ -124,6 +132,8 @@ class Run:
     detection: float | None
     lost: int
     died: int  # calls up on A when it was killed (crash)
+    ended_by_edge: int  # ... whose caller got the edge's BYE (dialog keep-alive)
+    leg_ended: float | None  # crash -> the caller's leg ended by the edge (median of calls)
     rerouted: int
     back: float | None
     result: Result
@@ -150,14 +160,26 @@ def measure(r: Result) -> Run:
         rerouted = r.rerouted
         back = r.since("recovery", "edge_in")
     died = [c for c in r.failed if c in r.on_a_at_failure] if r.scenario == "crash" else []
-    return Run(detection, len(r.failed) - len(died), len(died), rerouted, back, r)
+    fail = r.marks.get("failure")
+    took = sorted(c.ended - fail for c in died if c.ended_by_edge and c.ended is not None
+                  and fail is not None)  # fmt: skip
+    leg = statistics.median(took) if took else None
+    return Run(detection, len(r.failed) - len(died), len(died), len(took), leg, rerouted, back, r)
 
 
 async def one_run(
     scenario: str, factory: EdgeFactory, args: argparse.Namespace, workdir: Path
 ) -> Run:
+    duration = args.duration
+    if scenario == "crash":
+        # the same keep-alive on both edges; Kamailio's dialog module refuses ka_interval
+        # below 30 s, so calls last long enough to outlive two of them
+        dialogs = {"keepalive_interval": args.ka_interval, "keepalive_failures": 2,
+                   "keepalive_timeout": 4.0}  # fmt: skip
+        factory = functools.partial(factory, dialogs=dialogs)  # type: ignore[call-arg]
+        duration = duration or 2 * args.ka_interval + 20
     demo = Demo(
-        seconds=args.seconds, cps=args.cps, duration=args.duration, scenario=scenario,
+        seconds=args.seconds, cps=args.cps, duration=duration, scenario=scenario,
         report=workdir / "report.html", console=Console(file=io.StringIO(), width=120),
         workdir=workdir, edge_factory=factory, edge_probe=PROBE,
     )  # fmt: skip
@@ -185,6 +207,12 @@ def table(results: dict[tuple[str, str], Series], scenarios: list[str]) -> Table
             lambda r: r.died if r.result.scenario == "crash" else None,
             False,
         ),
+        (
+            "... ended by the edge (dialog keep-alive)",
+            lambda r: r.ended_by_edge if r.result.scenario == "crash" else None,
+            False,
+        ),
+        ("crash -> caller's leg ended", lambda r: r.leg_ended, True),
         ("re-routed", lambda r: r.rerouted, False),
         ("back to full capacity", lambda r: r.back, True),
     ]
@@ -228,8 +256,12 @@ async def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=24.0)
     ap.add_argument("--cps", type=float, default=5.0)
-    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds per call (default: the demo's, 3; 10 for crash)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--ka-interval", type=float, default=30.0,
+                    help="crash: the dialog keep-alive interval of both edges (Kamailio's "
+                    "minimum, 30 s)")
     ap.add_argument("--svg", type=Path, help="write the chart here (e.g. docs/failover-chart.svg)")
     args = ap.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -251,15 +283,17 @@ async def main() -> int:
                 results[(sc, edge)].runs.append(run)
                 det = "-" if run.detection is None else f"{run.detection:.2f} s"
                 back = "-" if run.back is None else f"{run.back:.2f} s"
+                leg = "-" if run.leg_ended is None else f"{run.leg_ended:.2f} s"
                 console.print(
                     f"run {i + 1}/{args.runs} {sc:<13} {edge:<8} detection {det:>7}  "
-                    f"lost {run.lost} (+{run.died} up on A)  re-routed {run.rerouted}  "
+                    f"lost {run.lost} (+{run.died} up on A, {run.ended_by_edge} ended by the "
+                    f"edge in {leg})  re-routed {run.rerouted}  "
                     f"back {back:>7}  "
                     f"({time.monotonic() - t0:.0f} s)"
                 )
     console.print(table(results, scenarios))
     if args.svg is not None and "backend" in scenarios:
-        args.svg.write_text(chart(results, args.seconds, args.duration))
+        args.svg.write_text(chart(results, args.seconds, args.duration or 3.0))
         console.print(f"chart: {args.svg}")
     return 0
 

@@ -28,7 +28,7 @@ def test_keepalives_come_due_every_interval_and_a_removed_dialog_never_does() ->
     assert table.due(100.0) == [b]  # a's stale heap entry is skipped
 
 
-def test_two_failures_in_a_row_end_the_call_for_the_other_side() -> None:
+def test_two_failures_in_a_row_end_the_call_both_ways_the_live_side_first() -> None:
     table = DialogTable(interval=1.0, failures=2, max=10)
     d = dialog("c")
     table.add(d, 0.0)
@@ -38,18 +38,19 @@ def test_two_failures_in_a_row_end_the_call_for_the_other_side() -> None:
     assert table.answered(d, "callee", False, 3.0) is None
     verdict = table.answered(d, "callee", False, 4.0)
     assert verdict is not None
-    assert (verdict.reason, verdict.bye_to) == ("callee unreachable", ("caller",))
+    assert (verdict.reason, verdict.bye_to) == ("callee unreachable", ("caller", "callee"))
     assert len(table) == 0 and d.ended
     assert table.answered(d, "caller", False, 5.0) is None  # late outcomes change nothing
 
 
-def test_both_sides_gone_ends_the_call_with_no_bye() -> None:
+def test_both_sides_gone_ends_the_call_with_a_bye_to_each() -> None:
     table = DialogTable(interval=1.0, failures=1, max=10)
     d = dialog("d")
     table.add(d, 0.0)
     d.caller.failures = 1  # the caller already failed its last check
     verdict = table.answered(d, "callee", False, 1.0)
-    assert verdict is not None and (verdict.reason, verdict.bye_to) == ("both unreachable", ())
+    assert verdict is not None and verdict.reason == "both unreachable"
+    assert verdict.bye_to == ("caller", "callee")
 
 
 def test_a_failed_destinations_calls_are_checked_at_once_paced() -> None:

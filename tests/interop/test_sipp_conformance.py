@@ -94,6 +94,8 @@ async def test_the_appserver_answers_as_a_uas_with_to_tags(tmp_path: Path) -> No
         Step("another SIP version", "OPTIONS", UAS, 505, version="SIP/7.0"),
         Step("a method we do not implement", "PUBLISH", UAS, 405, check=("Allow", "INVITE")),
         Step("a dialog we do not know", "BYE", UAS, 481, to_tag=True),
+        Step("a keep-alive for a call it no longer has (restarted)", "OPTIONS", UAS, 481,
+             to_tag=True),
     ]  # fmt: skip
     async with running_appserver(tmp_path, app={"handler": "tests.apps:reject"}) as server:
         await run(tmp_path, sip_port(server), steps)

@@ -221,11 +221,9 @@ class AppServer:
             return
         to_tag = req.to.tag
         if to_tag:
-            call = self.calls.get((req.call_id, to_tag))
-            if call is None and req.method == "OPTIONS":
-                incoming.respond(200, headers=profile.capabilities())
-            else:
-                answer_in_dialog(incoming, call)  # §12.2.2; no call: 481
+            # §12.2.2: no call, 481 -- an OPTIONS too: an edge's dialog keep-alive must
+            # learn that a restarted server no longer has the call
+            answer_in_dialog(incoming, self.calls.get((req.call_id, to_tag)))
             return
         if req.method == "OPTIONS":
             code = self.options_code()

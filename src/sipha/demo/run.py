@@ -55,8 +55,8 @@ class CallRecord:
 
     @property
     def ended_by_edge(self) -> bool:
-        """The edge's keep-alive ended it: a BYE with Reason '<side> unreachable'."""
-        return "unreachable" in (self.session.reason or "") and self.outcome.startswith("lost")
+        """The edge's dialog keep-alive ended it: a BYE with a Reason of cause 408."""
+        return "cause=408" in (self.session.reason or "") and self.outcome.startswith("lost")
 
 
 @dataclass

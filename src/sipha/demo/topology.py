@@ -175,7 +175,7 @@ EdgeFactory = Callable[[str, Path, str, int, list[int], dict[str, Any]], Edge]
 class EdgeNode:
     def __init__(
         self, name: str, workdir: Path, host: str, port: int, dests: list[int],
-        probe: dict[str, Any],
+        probe: dict[str, Any], dialogs: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.name, self.host, self.port = name, host, port
         self.admin_port = free_port()
@@ -197,7 +197,7 @@ class EdgeNode:
                 "destination": [{"uri": f"sip:127.0.0.1:{p}"} for p in dests],
             }],
             "server": {"node_name": name, "shutdown_grace": 2},
-            "dialogs": DIALOGS,
+            "dialogs": dialogs or DIALOGS,
         }  # fmt: skip
         path = d / "edge.toml"
         path.write_text(dump_toml(cfg))

@@ -282,9 +282,9 @@ class DialogKeeper:
         self.ended[verdict.reason] = self.ended.get(verdict.reason, 0) + 1
         if self.on_end is not None:
             self.on_end(verdict.reason)
-        log.warning("call %s ended by the edge: %s (pool %s, destination %s); BYE to %s",
-                    dialog.call_id, verdict.reason, dialog.pool or "-", dialog.destination or "-",
-                    " and ".join(verdict.bye_to) or "nobody")  # fmt: skip
+        log.warning("call %s ended by the edge: %s (pool %s, destination %s); BYE both ways",
+                    dialog.call_id, verdict.reason, dialog.pool or "-",
+                    dialog.destination or "-")  # fmt: skip
         self.spawn(self._forget_shared(dialog.call_id))
         for side in verdict.bye_to:
             self.spawn(self._bye(dialog, side, verdict.reason))

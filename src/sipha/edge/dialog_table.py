@@ -93,7 +93,9 @@ class TrackedDialog:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """A dialog to end: BYE to the sides in ``bye_to`` (those still answering)."""
+    """A dialog to end: BYE to the sides in ``bye_to``, the one still answering first. The
+    silent side gets one too (as Kamailio's dialog module does): unreachable from here is
+    not always dead, and its leg must not stay up when it comes back."""
 
     dialog: TrackedDialog
     reason: str  # "callee unreachable", "caller unreachable", "both unreachable"
@@ -185,8 +187,8 @@ class DialogTable:
         other_alive = dialog.side(other).failures < self.failures
         self.remove(dialog.call_id)
         if other_alive:
-            return Verdict(dialog, f"{side} unreachable", (other,))
-        return Verdict(dialog, "both unreachable", ())
+            return Verdict(dialog, f"{side} unreachable", (other, side))
+        return Verdict(dialog, "both unreachable", ("caller", "callee"))
 
 
 def dead_answer(status: int) -> bool:
