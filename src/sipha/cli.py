@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from .logs import NOTICE
 from .logs import configure as configure_logging
 
 
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     verbose = args.verbose + getattr(args, "verbose_here", 0)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    level = [NOTICE, logging.INFO, logging.DEBUG][min(verbose, 2)]
     configure_logging(level, json=getattr(args, "log_format", "text") == "json")
     if getattr(args, "sip_trace", False):
         from .net.trace import enable

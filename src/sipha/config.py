@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .logs import NOTICE
+
 log = logging.getLogger("sipha.config")
 
 M = TypeVar("M", bound=BaseModel)
@@ -72,21 +74,42 @@ def describe(path: Path | str, exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: Path | str, model: type[M]) -> M:
-    """Read and validate a TOML file; raises ConfigError naming file, key and problem."""
-    p = Path(path)
+# a config file's reader: the settings, and every file they came from (watched and
+# compared on reload; a file that may appear later is listed too)
+Reader = Callable[[Path], tuple[dict[str, Any], list[Path]]]
+
+
+def read_toml(path: Path) -> tuple[dict[str, Any], list[Path]]:
+    """A TOML file; ConfigError naming the file and the problem."""
     try:
-        raw = p.read_bytes()
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8").removeprefix("\ufeff")  # a BOM from a Windows editor
+        return tomllib.loads(text), [path]
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_config(path: Path | str, model: type[M], reader: Reader = read_toml) -> M:
+    """Read and validate a config file; raises ConfigError naming file, key and problem."""
+    p = Path(path)
+    data, _ = reader(p)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe(p, exc)) from None
+
+
+def _fingerprint(files: list[Path]) -> bytes:
+    out = []
+    for f in files:
+        try:
+            out.append(f.read_bytes())
+        except OSError:
+            out.append(b"\0absent")
+    return b"\0\0".join(out)
 
 
 class ConfigHolder(Generic[M]):
@@ -101,34 +124,40 @@ class ConfigHolder(Generic[M]):
         path: Path | str,
         model: type[M],
         on_change: Callable[[M, M], None] | None = None,
+        reader: Reader = read_toml,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path).resolve()
         self.model = model
         self.on_change = on_change
-        self.current: M = load_config(self.path, model)
+        self.on_error = on_error  # a refused reload (counted by the role's metrics)
+        self.reader = reader
+        self.current: M = load_config(self.path, model, reader)
+        self.files = reader(self.path)[1]
         self.version = 1
         self.loaded_at = time.time()
         self.last_error: str | None = None
-        self._raw = self.path.read_bytes()
+        self._raw = _fingerprint(self.files)
+
+    def _refused(self, error: str) -> None:
+        self.last_error = error
+        log.error("config reload refused, keeping version %d: %s", self.version, error)
+        if self.on_error is not None:
+            self.on_error(error)
 
     def reload(self) -> bool:
         """Load the file again; True when a new config was applied."""
-        try:
-            raw = self.path.read_bytes()
-        except OSError as exc:
-            self.last_error = f"{self.path}: cannot read: {exc.strerror or exc}"
-            log.error(
-                "config reload refused, keeping version %d: %s", self.version, self.last_error
-            )
+        if not self.path.exists():
+            self._refused(f"{self.path}: cannot read: it is gone")
             return False
+        raw = _fingerprint(self.files)
         if raw == self._raw and self.last_error is None:
             return False
         try:
-            new = load_config(self.path, self.model)
+            new = load_config(self.path, self.model, self.reader)
         except ConfigError as exc:
-            self.last_error = str(exc)
             self._raw = raw
-            log.error("config reload refused, keeping version %d: %s", self.version, exc)
+            self._refused(str(exc))
             return False
         old = self.current
         self.current = new
@@ -136,7 +165,7 @@ class ConfigHolder(Generic[M]):
         self.version += 1
         self.loaded_at = time.time()
         self.last_error = None
-        log.info("config version %d loaded from %s", self.version, self.path)
+        log.log(NOTICE, "config version %d loaded from %s", self.version, self.path)
         if self.on_change is not None:
             self.on_change(old, new)
         return True
@@ -150,10 +179,10 @@ class ConfigHolder(Generic[M]):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
         except (NotImplementedError, RuntimeError):
             pass
-        name = self.path.name
+        names = {f.name for f in self.files}
 
         def ours(_change: object, changed: str) -> bool:
-            return Path(changed).name == name
+            return Path(changed).name in names
 
         async for _ in awatch(self.path.parent, watch_filter=ours, debounce=50, step=20):
             self.reload()

@@ -84,6 +84,14 @@ class JsonFormatter(logging.Formatter):
         return json_lib.dumps(out, ensure_ascii=False)
 
 
+# Between INFO and WARNING, the default level of every role: one line when it starts
+# (what it listens on, what it answers and why), one per config reload, one per state
+# change -- what an operator must see without -v, and nothing per call (Kamailio's and
+# Asterisk's NOTICE)
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+
+
 def configure(level: int, stream: object = None, json: bool = False) -> None:
     """Root logging for the command line: stderr, one safe line per record."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,9 @@ def test_import_hmpelements_config(tmp_path: Path) -> None:
     assert "busy_threshold = 5" in out and "busy_response = 486" in out
     assert "server_busy_response = 480" in out
     assert "session_progress_controlled_by_app = false" in out
-    assert '"udp:127.0.0.1:5070"' in out
+    # HmpElements listens on every interface; SDP needs an address callers reach
+    assert 'listen = ["udp:0.0.0.0:5070", "tcp:0.0.0.0:5070"]  # SipPort: every interface' in out
+    assert re.search(r'^address = "\d+\.\d+\.\d+\.\d+"  # this host', out, re.M), out
     assert "# not mapped: LicenseServer = 'lic.example'" in out
     # the result is a valid appserver config
     cfg = load_config(write(tmp_path, out), AppServerConfig)

@@ -27,6 +27,7 @@ class Availability:
     file_code: int = 0  # options.maint_response
     drain_code: int | None = None  # set by `sipha ctl drain [--code N]` (0 = default code)
     drain_reason: str = ""
+    drain_since: float = 0.0  # wall clock of the drain (kept in the state file)
     health_down: dict[str, str] = field(default_factory=dict)  # probe -> reason
     shutting_down: bool = False
 

@@ -26,6 +26,7 @@ from aiohttp import web
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
 from ..config import ConfigError, ConfigHolder
 from ..guard import Guard
+from ..logs import NOTICE
 from ..media.rtp import PortPool
 from ..runtime import GcPolicy
 from ..sip.errors import ParseError
@@ -39,6 +40,7 @@ from .call import PROFILE, PROFILE_TIMER, AppHandler, Call, CallEnded, CallState
 from .config import AppServerConfig
 from .drain import NOT_DRAINED, DrainState, load_drain, save_drain
 from .health import HealthMonitor
+from .importer import read_config
 from .metrics import AppServerMetrics
 
 log = logging.getLogger("sipha.appserver")
@@ -61,13 +63,17 @@ def resolve_handler(ref: str) -> AppHandler:
 class AppServer:
     def __init__(self, config_path: Path | str) -> None:
         self.config_path = Path(config_path).resolve()
-        self.holder = ConfigHolder(self.config_path, AppServerConfig, on_change=self._apply)
+        self.holder = ConfigHolder(
+            self.config_path, AppServerConfig, on_change=self._apply, reader=read_config,
+            on_error=lambda _: self.metrics.config_errors.inc(),
+        )  # fmt: skip
         cfg = self.config
         self._routes = self._resolve_routes(cfg)
         self.state_path = self.config_path.parent / cfg.server.state_file
         drain = load_drain(self.state_path)
         self.availability = Availability(
-            file_code=cfg.options.maint_response, drain_code=drain.code, drain_reason=drain.reason
+            file_code=cfg.options.maint_response, drain_code=drain.code, drain_reason=drain.reason,
+            drain_since=drain.since,
         )
         self.stack = SipStack(
             cfg.sip.listen,
@@ -127,11 +133,7 @@ class AppServer:
         self.health.configure(new.health)
         self._maintenance_changed()
         self._sync_metrics()
-        log.info(
-            "config applied: OPTIONS now %d, maintenance %s",
-            self.options_code(),
-            "on" if self.availability.in_maintenance else "off",
-        )
+        log.log(NOTICE, "config applied: %s", self.describe_answer())
 
     # -- availability ----------------------------------------------------------------------
     @property
@@ -147,6 +149,7 @@ class AppServer:
         save_drain(self.state_path, state)
         self.availability.drain_code = state.code
         self.availability.drain_reason = state.reason
+        self.availability.drain_since = state.since
         log.warning("drained by admin: OPTIONS now %d (%s)", self.options_code(), state.reason)
         self._maintenance_changed()
         return state
@@ -424,12 +427,28 @@ class AppServer:
         self.admin = await start_admin(self.config_path, cfg.admin, self.admin_routes())
         self.health.configure(cfg.health)
         self._spawn(self.holder.watch())
-        log.info(
-            "appserver ready on %s: OPTIONS %d, %d channels",
-            ", ".join(str(s) for s in self.stack.listen_specs),
-            self.options_code(),
-            cfg.channels.max,
-        )
+        log.log(NOTICE, "appserver ready on %s, %d channels; %s",
+                ", ".join(str(s) for s in self.stack.listen_specs), cfg.channels.max,
+                self.describe_answer())  # fmt: skip
+
+    def describe_answer(self) -> str:
+        """What OPTIONS get now and why, in one phrase for the log: "OPTIONS 503: drained
+        since 08:12 by ctl: upgrade"."""
+        code = self.options_code()
+        a = self.availability
+        if not a.in_maintenance:
+            busy = " (busy)" if code != 200 else ""
+            degraded = f"; degraded: {'; '.join(self.degraded.values())}" if self.degraded else ""
+            return f"OPTIONS {code}{busy}{degraded}"
+        why = []
+        for src in a.sources():
+            if src.name == "drain" and a.drain_since:
+                since = time.strftime("%H:%M", time.localtime(a.drain_since))
+                said = src.reason not in ("", "drained by admin")
+                why.append(f"drained since {since} by ctl" + (f": {src.reason}" if said else ""))
+            else:
+                why.append(src.reason)
+        return f"OPTIONS {code}: " + "; ".join(why)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
