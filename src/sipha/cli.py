@@ -105,10 +105,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     edge = sub.add_parser(
         "edge",
-        help="run the edge: stateful proxy, registrar and dispatcher (foreground)",
+        help="run the edge: stateful proxy, registrar and dispatcher (foreground; SIGHUP "
+        "reloads)",
         description="Run the edge in the foreground, logging to stderr: pools of application "
         "servers probed with OPTIONS and re-routed on failure, a registrar for the configured "
-        "domains, and a proxy that refuses to relay anywhere else. SIGTERM stops it.",
+        "domains, and a proxy that refuses to relay anywhere else. The config file is reloaded "
+        "within a second of being written, and on SIGHUP (pools, destinations, probing, "
+        "registrar domains and users, protection, [dialogs]; an invalid file is refused and the "
+        "last good one stays). SIGTERM stops it.",
     )
     edge.add_argument("-c", "--config", required=True, metavar="FILE", help="edge TOML file")
     _sip_trace_option(edge)

@@ -145,29 +145,46 @@ class ConfigHolder(Generic[M]):
         if self.on_error is not None:
             self.on_error(error)
 
-    def reload(self) -> bool:
-        """Load the file again; True when a new config was applied."""
+    def reload(self, force: bool = False) -> bool:
+        """Load the file again; True when a new config was applied. ``force`` (SIGHUP)
+        applies it even when no file the holder knows changed."""
         if not self.path.exists():
             self._refused(f"{self.path}: cannot read: it is gone")
             return False
         raw = _fingerprint(self.files)
-        if raw == self._raw and self.last_error is None:
+        if raw == self._raw and self.last_error is None and not force:
             return False
         try:
-            new = load_config(self.path, self.model, self.reader)
+            data, files = self.reader(self.path)
+            new = self.model.model_validate(data)
         except ConfigError as exc:
             self._raw = raw
             self._refused(str(exc))
             return False
+        except ValidationError as exc:
+            self._raw = raw
+            self._refused(describe(self.path, exc))
+            return False
+        if files != self.files:  # e.g. another users file: watch it, compare it
+            self.files = files
+            raw = _fingerprint(files)
         old = self.current
-        self.current = new
         self._raw = raw
         self.version += 1
+        self.current = new
+        if self.on_change is not None:
+            try:
+                self.on_change(old, new)  # may refuse what the model cannot see (a file it names)
+            except ConfigError as exc:
+                self.current = old
+                self.version -= 1
+                self._refused(str(exc))
+                return False
         self.loaded_at = time.time()
         self.last_error = None
-        log.log(NOTICE, "config version %d loaded from %s", self.version, self.path)
-        if self.on_change is not None:
-            self.on_change(old, new)
+        # the role's own line says what the new config changed (NOTICE); this one is detail
+        log.log(NOTICE if self.on_change is None else logging.INFO,
+                "config version %d loaded from %s", self.version, self.path)  # fmt: skip
         return True
 
     async def watch(self) -> None:
@@ -176,13 +193,11 @@ class ConfigHolder(Generic[M]):
 
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGHUP, self.reload, True)
         except (NotImplementedError, RuntimeError):
             pass
-        names = {f.name for f in self.files}
-
         def ours(_change: object, changed: str) -> bool:
-            return Path(changed).name in names
+            return Path(changed).name in {f.name for f in self.files}
 
         async for _ in awatch(self.path.parent, watch_filter=ours, debounce=50, step=20):
             self.reload()

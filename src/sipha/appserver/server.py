@@ -118,14 +118,7 @@ class AppServer:
 
     def _apply(self, old: AppServerConfig, new: AppServerConfig) -> None:
         """A new valid file: apply at once (the holder already refused invalid ones)."""
-        try:
-            self._routes = self._resolve_routes(new)
-        except ConfigError as exc:
-            self.holder.current = old  # keep the last good config
-            self.holder.last_error = str(exc)
-            self.metrics.config_errors.inc()
-            log.error("config reload refused: %s", exc)
-            return
+        self._routes = self._resolve_routes(new)  # a handler that does not import: refused
         if old.sip.listen != new.sip.listen:
             log.warning("sip.listen changed: takes effect at the next restart")
         self.availability.file_code = new.options.maint_response
@@ -133,7 +126,8 @@ class AppServer:
         self.health.configure(new.health)
         self._maintenance_changed()
         self._sync_metrics()
-        log.log(NOTICE, "config applied: %s", self.describe_answer())
+        log.log(NOTICE, "config version %d applied: %s", self.holder.version,
+                self.describe_answer())  # fmt: skip
 
     # -- availability ----------------------------------------------------------------------
     @property

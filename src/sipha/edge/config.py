@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ..appserver.config import AdminSection, SipSection
-from ..config import Strict, require_unique
+from ..config import Strict, read_toml, require_unique
 from ..dns.config import DnsSection
 from ..protection import Protection as Protection
 from ..sip.errors import ParseError
@@ -191,3 +192,12 @@ class EdgeConfig(Strict):
     def _unique(cls, v: list[Pool]) -> list[Pool]:
         require_unique([p.name for p in v], "pool names")
         return v
+
+
+def read_edge_config(path: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The edge's file, and its users file: both are watched and reloaded."""
+    data, files = read_toml(path)
+    users = data.get("registrar", {}).get("users_file") if isinstance(data, dict) else None
+    if isinstance(users, str) and users:
+        files.append(path.parent / users)
+    return data, files

@@ -81,6 +81,17 @@ class DialogKeeper:
         self._task: asyncio.Task[None] | None = None
         self._adopting: set[str] = set()
 
+    def configure(self, cfg: DialogsSection) -> None:
+        """A reload: new interval, failures, time-out and bound, for every dialog."""
+        self.cfg = cfg
+        table = self.table
+        table.failures, table.max = cfg.keepalive_failures, cfg.max
+        if cfg.keepalive_interval != table.interval:
+            table.interval = cfg.keepalive_interval
+            if cfg.keepalive_interval > 0:
+                table.check_soon(list(table), time.monotonic() + cfg.keepalive_interval, PACE)
+            self._wake.set()
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

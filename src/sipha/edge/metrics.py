@@ -85,6 +85,12 @@ class EdgeMetrics:
             registry=r,
         )
 
+        self.config_errors = Counter(
+            "sipha_config_reload_errors", "Refused config reloads", registry=r
+        )
+        self.config_version = Gauge(
+            "sipha_config_version", "Version of the config in force", registry=r
+        )
         self.dialogs = Gauge("sipha_edge_dialogs", "Calls this node keeps alive", registry=r)
         self.dialogs_ended = Counter(
             "sipha_edge_dialogs_ended",
@@ -99,6 +105,7 @@ class EdgeMetrics:
 
     def update(self, edge: EdgeServer) -> None:
         self.dialogs.set(len(edge.dialogs.table))
+        self.config_version.set(edge.holder.version)
         self.dialogs_forgotten.set(edge.dialogs.table.forgotten)
         for pool in edge.pools:
             self.pool_rerouted.labels(pool.name).set(pool.rerouted)

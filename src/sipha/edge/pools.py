@@ -59,6 +59,13 @@ class DestinationRuntime:
     current_weight: int = 0  # smooth weighted round-robin state
     down_reason: str = ""
 
+    def carry_over(self, before: DestinationRuntime) -> None:
+        """A reload kept this destination: its state, probes and counts go on."""
+        for name in ("admin_state", "healthy", "fails", "oks", "last_probe_code",
+                     "last_probe_reason", "latency", "calls", "answered", "rerouted",
+                     "failed_by_code", "active_calls", "down_reason"):  # fmt: skip
+            setattr(self, name, getattr(before, name))
+
     @property
     def state(self) -> str:
         if self.admin_state != "active":

@@ -42,6 +42,13 @@ class Prober:
                     )
                 )
 
+    def restart(self, pools: list[PoolRuntime]) -> None:
+        """A reload: the old probing stops (its tasks end by themselves), the new begins."""
+        for t in self._tasks:
+            t.cancel()
+        self._tasks.clear()
+        self.start(pools)
+
     async def probe_once(
         self, pool: PoolRuntime, dest: DestinationRuntime
     ) -> tuple[bool, int | None, str, float | None]:

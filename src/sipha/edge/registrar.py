@@ -118,7 +118,7 @@ class Registrar:
             cfg.max_auth_failures_per_source, cfg.max_auth_failures_per_user,
             cfg.auth_failure_window,
         )  # fmt: skip
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
         self.registrations = 0
         self.auth_failures = 0
         self.refused: dict[str, int] = {}
@@ -207,15 +207,15 @@ class Registrar:
     async def _serialised(self, aor: str) -> AsyncIterator[None]:
         """One update of an AOR at a time in this node (the store makes it atomic across
         nodes; this keeps a burst on one node from spinning on WATCH conflicts)."""
-        lock = self._locks.get(aor)
+        lock = self.locks.get(aor)
         if lock is None:
-            lock = self._locks[aor] = asyncio.Lock()
+            lock = self.locks[aor] = asyncio.Lock()
         try:
             async with lock:
                 yield
         finally:
-            if not lock.locked() and self._locks.get(aor) is lock:
-                del self._locks[aor]
+            if not lock.locked() and self.locks.get(aor) is lock:
+                del self.locks[aor]
 
     async def register(self, incoming: IncomingRequest) -> None:
         req = incoming.request

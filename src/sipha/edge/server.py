@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
-from ..config import ConfigError, load_config
+from ..config import ConfigError, ConfigHolder
 from ..guard import Guard
-from ..logs import LogThrottle
+from ..logs import NOTICE, LogThrottle
 from ..runtime import GcPolicy
 from ..sip.core import validate_for_proxy
 from ..sip.errors import ParseError
@@ -40,7 +40,7 @@ from ..sip.uri import URI, SipURI, format_hostport, parse_uri
 from ..stack import IncomingRequest, SipStack
 from ..store import open_store
 from ..store.base import Binding
-from .config import EdgeConfig
+from .config import EdgeConfig, read_edge_config
 from .dialog_keeper import DialogKeeper
 from .identity import LocalIdentity
 from .metrics import EdgeMetrics
@@ -84,7 +84,10 @@ FLOW_FAILED = Reach(Target("none", "", 0), [])
 class EdgeServer:
     def __init__(self, config_path: Path | str) -> None:
         self.config_path = Path(config_path).resolve()
-        self.config: EdgeConfig = load_config(self.config_path, EdgeConfig)
+        self.holder = ConfigHolder(
+            self.config_path, EdgeConfig, on_change=self._apply, reader=read_edge_config,
+            on_error=lambda _: self.metrics.config_errors.inc(),
+        )  # fmt: skip
         cfg = self.config
         self.stack = SipStack(
             cfg.sip.listen,
@@ -109,14 +112,7 @@ class EdgeServer:
             lambda host: layer.size() if host is None else layer.server_count_from(host),
         )
         self.stack.guard = self.guard
-        self.registrar = Registrar(
-            cfg.registrar, self.store, self.config_path.parent, self.node,
-            is_us=lambda uri: self.identity.is_us(uri), guard=self.guard,
-            nonce_secret=None if self.signer.random_key else self.signer.derive(b"nonce"),
-            keep_flow=lambda flow, seconds: self.stack.transports.hold(
-                flow, time.monotonic() + seconds),
-            flow_path=self._flow_path,
-        )  # fmt: skip
+        self.registrar = self._new_registrar(cfg)
         self.pools = [PoolRuntime(p) for p in cfg.pool]
         self.locator = cfg.dns.locator()  # RFC 3263, TTL-cached: next hops and destinations
         self.proxy = Proxy(self)
@@ -155,6 +151,78 @@ class EdgeServer:
                 self.store.describe().get("url", "the store"),
             )
         return None
+
+    @property
+    def config(self) -> EdgeConfig:
+        return self.holder.current
+
+    # -- reload ----------------------------------------------------------------------------
+    def _apply(self, old: EdgeConfig, new: EdgeConfig) -> None:
+        """A new valid file (SIGHUP or an edit): pools, destinations, probing, registrar
+        domains and users, protection and keep-alive apply at once. A destination that
+        stays (same URI in the same pool) keeps its state, counters and calls; a removed
+        one gets no new calls and its calls go on (their requests follow the route set)."""
+        self.registrar = self._new_registrar(new)  # a bad users file: ConfigError, refused
+        self.pools = [self._carry_over(PoolRuntime(p), old_pools) for p, old_pools in
+                      ((p, self.pools) for p in new.pool)]  # fmt: skip
+        self.prober.restart(self.pools)
+        self.identity = LocalIdentity(
+            self.stack.listen_specs, new.sip.aliases, new.registrar.domains,
+            new.sip.record_route_host,
+        )  # fmt: skip
+        self.guard.configure(new.protection)
+        self.dialogs.configure(new.dialogs)
+        for section in ("listen", "route_secret_file", "udp_receive_buffer"):
+            if getattr(old.sip, section) != getattr(new.sip, section):
+                log.warning("sip.%s changed: takes effect at the next restart", section)
+        if old.dns != new.dns or old.registrar.store != new.registrar.store:
+            log.warning("[dns] or registrar.store changed: takes effect at the next restart")
+        log.log(NOTICE, "config version %d applied: %s", self.holder.version,
+                self.describe_pools())  # fmt: skip
+
+    @staticmethod
+    def _carry_over(pool: PoolRuntime, old_pools: list[PoolRuntime]) -> PoolRuntime:
+        before = next((p for p in old_pools if p.name == pool.name), None)
+        if before is None:
+            return pool
+        pool.calls, pool.answered, pool.rerouted = before.calls, before.answered, before.rerouted
+        pool.rerouted_after_18x, pool.exhausted = before.rerouted_after_18x, before.exhausted
+        pool.emptied, pool.empty_since = before.emptied, before.empty_since
+        by_uri = {str(d.uri): d for d in before.destinations}
+        for dest in pool.destinations:
+            was = by_uri.get(str(dest.uri))
+            if was is not None:
+                dest.carry_over(was)
+        return pool
+
+    def describe_pools(self) -> str:
+        return "; ".join(
+            f"pool {p.name}: {p.active} of {len(p.destinations)} destination(s) active"
+            for p in self.pools
+        ) or "no pools"
+
+    def _new_registrar(self, cfg: EdgeConfig) -> Registrar:
+        old = getattr(self, "registrar", None)
+        registrar = Registrar(
+            cfg.registrar, self.store, self.config_path.parent, self.node,
+            is_us=lambda uri: self.identity.is_us(uri), guard=self.guard,
+            nonce_secret=(old.auth.secret if old is not None and old.auth is not None
+                          else None if self.signer.random_key else self.signer.derive(b"nonce")),
+            keep_flow=lambda flow, seconds: self.stack.transports.hold(
+                flow, time.monotonic() + seconds),
+            flow_path=self._flow_path,
+        )  # fmt: skip
+        if old is not None:  # counters, throttles and locks carry over
+            t, r = old.throttle, cfg.registrar
+            t.max_per_source = r.max_auth_failures_per_source
+            t.max_per_user = r.max_auth_failures_per_user
+            t.window = r.auth_failure_window
+            registrar.throttle = t
+            registrar.registrations = old.registrations
+            registrar.auth_failures = old.auth_failures
+            registrar.refused = old.refused
+            registrar.locks = old.locks  # an AOR's updates stay serialised across the swap
+        return registrar
 
     # -- helpers -------------------------------------------------------------------------
     def next_branch_id(self) -> int:
@@ -740,6 +808,10 @@ class EdgeServer:
                 "throttled": self.registrar.throttle.refused,
                 "refused": dict(self.registrar.refused),
             },
+            "config": {
+                "path": str(self.config_path), "version": self.holder.version,
+                "loaded_at": self.holder.loaded_at, "last_reload_error": self.holder.last_error,
+            },
             "transactions": self.stack.layer.size(),
             "dialogs": len(self.dialogs.table),
             "gc": self.gc.stats.to_json() if self.gc is not None else None,
@@ -823,13 +895,11 @@ class EdgeServer:
         self.admin = await start_admin(self.config_path, self.config.admin, self.admin_routes())
         self.prober.start(self.pools)
         await self.dialogs.start()
+        self.spawn(self.holder.watch())  # a file edit or SIGHUP reloads
         self.spawn(self._sync_shared_state())
-        log.info(
-            "edge %s ready on %s with %d pool(s)",
-            self.node,
-            ", ".join(str(s) for s in self.stack.listen_specs),
-            len(self.pools),
-        )
+        log.log(NOTICE, "edge %s ready on %s; %s; registrar for %s",
+                self.node, ", ".join(str(s) for s in self.stack.listen_specs),
+                self.describe_pools(), ", ".join(cfg.registrar.domains) or "no domain")  # fmt: skip
 
     async def close(self) -> None:
         await self.prober.stop()
