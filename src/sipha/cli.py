@@ -151,14 +151,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser(
         "ctl",
-        help="talk to a running role's admin API: status, drain, undrain",
-        description="Talk to the admin API of a running appserver (or edge).",
+        help="talk to a running role's admin API: status, drain, undrain, pools, dialogs...",
+        description="Talk to the admin API of a running appserver or edge. Tables for people, "
+        "--json for scripts; a usage error exits 2, a failure 1, each with one line.",
     )
     ctl.add_argument(
         "--admin",
-        default="http://127.0.0.1:8080",
+        default=None,
         metavar="URL",
-        help="admin API base URL (default http://127.0.0.1:8080)",
+        help="admin API base URL or host:port (default: $SIPHA_ADMIN, else the appserver's "
+        "http://127.0.0.1:8080, or the edge's http://127.0.0.1:8060 for edge-only actions)",
     )
     ctl.add_argument("--token-file", metavar="F", help="file holding the admin bearer token")
     ctl_sub = ctl.add_subparsers(
@@ -168,7 +170,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "status", help="show channels, maintenance and its sources, OPTIONS code"
     )
     st.add_argument("--json", action="store_true", help="print the raw JSON")
-    dr = ctl_sub.add_parser("drain", help="maintenance on: OPTIONS and new INVITEs get the code")
+    dr = ctl_sub.add_parser(
+        "drain", help="maintenance on: OPTIONS and new INVITEs get the code (an edge: the "
+        "whole node, for a rolling upgrade; calls in progress go on)",
+    )
     dr.add_argument(
         "--code",
         type=_sip_failure_code,
@@ -176,12 +181,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     dr.add_argument("--reason", default="", help="free text shown in status")
     ctl_sub.add_parser("undrain", help="end the admin drain")
-    ctl_sub.add_parser("pools", help="edge: pools and destinations with state, probes, calls")
+    for name, text in (("pools", "edge: pools and destinations with state, probes, calls"),
+                       ("registrations", "edge: registered contacts")):  # fmt: skip
+        ctl_sub.add_parser(name, help=text).add_argument(
+            "--json", action="store_true", help="print the raw JSON"
+        )
     sst = ctl_sub.add_parser("state", help="edge: set a destination active, drained or disabled")
     sst.add_argument("pool", help="pool name")
     sst.add_argument("index", type=int, help="destination number in the pool (from 0)")
     sst.add_argument("state", choices=("active", "drained", "disabled"))
-    ctl_sub.add_parser("registrations", help="edge: registered contacts")
+    sst.add_argument("--json", action="store_true", help="print the raw JSON")
     dl = ctl_sub.add_parser(
         "dialogs", help="edge: calls kept alive, by destination, with their ages"
     )

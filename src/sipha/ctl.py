@@ -5,18 +5,51 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+EDGE_ONLY = ("pools", "state", "registrations", "dialogs")
+APPSERVER_ADMIN = "http://127.0.0.1:8080"
+EDGE_ADMIN = "http://127.0.0.1:8060"
+
+
+class CtlError(Exception):
+    """A failure to report in one line (exit 1)."""
+
+
+def admin_url(args: argparse.Namespace) -> str:
+    """--admin, else $SIPHA_ADMIN, else the role's default; ``host:port`` gets http://."""
+    url = args.admin or os.environ.get("SIPHA_ADMIN") or (
+        EDGE_ADMIN if args.action in EDGE_ONLY else APPSERVER_ADMIN)  # fmt: skip
+    if "://" not in url:
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")):
+        raise CtlError(f"--admin {url}: not an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if not args.token_file:
+        return None
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        raise CtlError(f"token file {args.token_file}: {exc.strerror or exc}") from None
+    if not token:
+        raise CtlError(f"token file {args.token_file} is empty")
+    return token
 
 
 async def _call(args: argparse.Namespace) -> tuple[int, Any]:
     import aiohttp
 
     headers = {}
-    if args.token_file:
-        headers["Authorization"] = f"Bearer {Path(args.token_file).read_text().strip()}"
-    base = args.admin.rstrip("/")
+    token = _token(args)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    base = admin_url(args)
     body: dict[str, Any] | None = None
     if args.action == "status":
         method, path = "GET", "/status"
@@ -118,10 +151,21 @@ def _dialogs_table(data: dict[str, Any], limit: int = 50) -> None:
 
 def _table(status: dict[str, Any]) -> None:
     if status.get("role") == "edge":
+        drained = status.get("drained", {})
+        if drained.get("active"):
+            print(f"node {status.get('node')}: DRAINED ({drained.get('reason')}): new calls "
+                  f"and registrations get {drained.get('code')}")  # fmt: skip
+        else:
+            print(f"node {status.get('node')}: taking calls")
         _pools_table(status.get("pools", []))
+        cfg = status.get("config", {})
         print(
             f"registrations: {status.get('registrations', 0)}  "
-            f"store: {status.get('store', {}).get('kind')}"
+            f"dialogs: {status.get('dialogs', 0)}  "
+            f"store: {status.get('store', {}).get('kind')}  "
+            f"config version {cfg.get('version')}"
+            + (f"  last reload error: {cfg['last_reload_error']}"
+               if cfg.get("last_reload_error") else "")
         )
         return
     from rich.table import Table
@@ -160,25 +204,54 @@ def _table(status: dict[str, Any]) -> None:
 
 
 def run_ctl(args: argparse.Namespace) -> int:
+    import aiohttp
+
     try:
+        url = admin_url(args)
         status, data = asyncio.run(_call(args))
-    except OSError as exc:
-        print(f"sipha ctl: cannot reach {args.admin}: {exc.strerror or exc}", file=sys.stderr)
+    except CtlError as exc:
+        print(f"sipha ctl: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc) or "timed out"
+        print(f"sipha ctl: cannot reach {url}: {why}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - any client failure is one line for the operator
-        print(f"sipha ctl: {args.admin}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"sipha ctl: {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     if status != 200:
-        print(
-            f"sipha ctl: {args.action}: HTTP {status}: {data.get('error', data)}", file=sys.stderr
-        )
+        error = data.get("error", data) if isinstance(data, dict) else data
+        hint = ""
+        if status == 404 and args.action in EDGE_ONLY:
+            hint = " (an edge-only action: is this an edge's admin API?)"
+        elif status == 401:
+            hint = " (give --token-file)"
+        print(f"sipha ctl: {args.action}: HTTP {status}: {error}{hint}", file=sys.stderr)
         return 1
-    if getattr(args, "json", False) or args.action in ("registrations", "state"):
+    if getattr(args, "json", False):
         print(json.dumps(data, indent=2))
     elif args.action == "pools":
         _pools_table(data)
     elif args.action == "dialogs":
         _dialogs_table(data)
+    elif args.action == "registrations":
+        _registrations_table(data)
+    elif args.action == "state":
+        _pools_table([{"name": args.pool, "algorithm": "-", "calls": "-", "answered": "-",
+                       "rerouted": "-", "destinations": [data]}])  # fmt: skip
     else:
         _table(data)
     return 0
+
+
+def _registrations_table(data: dict[str, list[dict[str, Any]]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(data)} registered AOR(s)")
+    for col in ("AOR", "contact", "expires s", "q", "node", "path"):
+        t.add_column(col)
+    for aor, bindings in sorted(data.items()):
+        for b in bindings:
+            t.add_row(aor, b.get("contact", ""), str(b.get("expires", "")), str(b.get("q", "")),
+                      b.get("node", ""), ", ".join(b.get("path") or []) or "-")  # fmt: skip
+    _console().print(t)

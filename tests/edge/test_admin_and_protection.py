@@ -249,11 +249,65 @@ async def test_ctl_pools_and_state(tmp_path: Path) -> None:
     ) as edge:
         url = admin(edge)
         rc, out = await ctl("--admin", url, "state", "ivr", "1", "disabled")
-        assert rc == 0 and '"state": "disabled"' in out
+        assert rc == 0 and "disabled" in out and "sip:127.0.0.1:11" in out  # a table
+        rc, out = await ctl("--admin", url, "state", "ivr", "1", "disabled", "--json")
+        assert rc == 0 and '"state": "disabled"' in out  # JSON for scripts
         assert edge.pools[0].destinations[1].state == "disabled"
         rc, out = await ctl("--admin", url, "pools")
         assert rc == 0 and "disabled" in out and "sip:127.0.0.1:11" in out
         rc, out = await ctl("--admin", url, "state", "nope", "0", "active")
         assert rc == 1 and "404" in out
         rc, out = await ctl("--admin", url, "status")
-        assert rc == 0 and "pool ivr" in out
+        assert rc == 0 and "pool ivr" in out and "taking calls" in out
+        # host:port without a scheme works; the table of registrations is a table
+        rc, out = await ctl("--admin", url.removeprefix("http://"), "registrations")
+        assert rc == 0 and "0 registered AOR(s)" in out, out
+        # a missing token file is said so, not "cannot reach"
+        rc, out = await ctl("--admin", url, "--token-file", "/nonexistent/token", "status")
+        assert rc == 1 and out.strip() == (
+            "sipha ctl: token file /nonexistent/token: No such file or directory"), out
+        # nothing listening: one line, exit 1; a usage error: exit 2
+        rc, out = await ctl("--admin", f"127.0.0.1:{free_port()}", "pools")
+        assert rc == 1 and out.count("\n") == 1 and "cannot reach http://127.0.0.1:" in out, out
+        rc, out = await ctl("--admin", url, "state", "ivr", "x", "active")
+        assert rc == 2 and "invalid int value" in out
+        # drain the whole node (a rolling upgrade): new calls get 503, status says so
+        rc, out = await ctl("--admin", url, "drain", "--reason", "upgrade")
+        assert rc == 0 and "DRAINED (upgrade)" in out, out
+        assert edge.drained.code == 0
+        rc, out = await ctl("--admin", url, "undrain")
+        assert rc == 0 and "taking calls" in out and edge.drained.code is None
+
+
+@needs_sipp
+async def test_a_drained_node_refuses_new_calls_and_lets_calls_in_progress_end(
+    tmp_path: Path,
+) -> None:
+    from sipha.ua import CallFailed
+
+    async with sipp_destination(tmp_path, destination(ANSWER)) as dest:
+        async with (
+            running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{dest}"])]) as edge,
+            SipStack(["udp:127.0.0.1:0"]) as caller_stack,
+        ):
+            await wait_dest_state(edge, 0, 0, "active")
+            port = edge.stack.local().port
+            ua = UserAgent(caller_stack)
+            to_edge = Target("udp", "127.0.0.1", port)
+            call = await ua.invite(f"sip:ivr@127.0.0.1:{port}", target=to_edge,
+                                   body=simple_sdp("127.0.0.1", 40000))  # fmt: skip
+            edge.drain(0, "upgrade")
+            # a new call: 503 with Retry-After, so the caller's SDK or SBC tries the other node
+            with pytest.raises(CallFailed) as refused:
+                await ua.invite(f"sip:ivr@127.0.0.1:{port}", target=to_edge,
+                                body=simple_sdp("127.0.0.1", 40002))  # fmt: skip
+            assert refused.value.status == 503
+            assert refused.value.response.headers.get("retry-after") == "30"
+            # the call in progress goes on: its BYE reaches the callee and is answered
+            bye = await call.bye()
+            assert bye is not None and bye.status == 200
+            assert (tmp_path / "sipha-edge.state").exists()  # kept across a restart
+        # a restarted node stays drained until undrained
+        async with running_edge(tmp_path, [pool("ivr", [f"sip:127.0.0.1:{dest}"])]) as again:
+            assert again.drained.code == 0 and again.drained.reason == "upgrade"
+            again.drain(None)

@@ -175,6 +175,9 @@ class DialogsSection(Strict):
 class EdgeServerSection(Strict):
     shutdown_grace: float = Field(30.0, ge=0)
     node_name: str = ""  # shown in status; defaults to the first SIP listen address
+    # `sipha ctl drain` of this node (kept across restarts, like the appserver's), relative
+    # to the config file
+    state_file: str = "sipha-edge.state"
 
 
 class EdgeConfig(Strict):

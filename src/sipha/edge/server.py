@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from ..admin.http import AdminServer, start_admin, wait_for_stop_signal
+from ..appserver.drain import NOT_DRAINED, DrainState, load_drain, save_drain
 from ..config import ConfigError, ConfigHolder
 from ..guard import Guard
 from ..logs import NOTICE, LogThrottle
@@ -132,6 +133,10 @@ class EdgeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.counters: dict[str, int] = {}
         self._relay_log = LogThrottle()
+        # `sipha ctl drain` on this node: new calls and registrations get 503 (callers'
+        # SDKs and SBCs move to the other node), dialogs in progress keep flowing
+        self.state_path = self.config_path.parent / cfg.server.state_file
+        self.drained: DrainState = load_drain(self.state_path)
         self.gc: GcPolicy | None = None  # set by run(): a test's in-process edge keeps CPython's
         self.started_at = time.time()
 
@@ -369,6 +374,12 @@ class EdgeServer:
             self._forward_in_dialog(
                 incoming, record_route=verdict.followed_ours and req.method == "NOTIFY"
             )
+            return
+        if self.drained.code is not None and req.method in ("INVITE", "REGISTER", "SUBSCRIBE",
+                                                              "OPTIONS", "MESSAGE"):
+            # a node being drained (rolling upgrade): out-of-dialog requests go elsewhere
+            incoming.respond_stateless(self.drained.code or 503, "Node Drained",
+                                       headers=[("Retry-After", "30")])  # fmt: skip
             return
         if req.method == "REGISTER" and self.registrar.serves(uri.host):
             self.spawn_for(incoming, self.registrar.register(incoming))
@@ -754,6 +765,17 @@ class EdgeServer:
         self.proxy.forward_stateless(req, targets[0])
 
     # -- admin -------------------------------------------------------------------------------
+    def drain(self, code: int | None, reason: str = "") -> None:
+        """Drain (``code`` 0 for 503, or a SIP failure code) or undrain (None) this node."""
+        if code is None:
+            self.drained = NOT_DRAINED
+            log.warning("node undrained by admin: taking new calls again")
+        else:
+            self.drained = DrainState(code, reason or "drained by admin", time.time())
+            log.warning("node DRAINED by admin (%s): new calls and registrations get %d, "
+                        "calls in progress go on", self.drained.reason, code or 503)  # fmt: skip
+        save_drain(self.state_path, self.drained)
+
     async def set_destination_state(
         self, pool_name: str, index: int, state: str
     ) -> DestinationRuntime:
@@ -812,6 +834,10 @@ class EdgeServer:
                 "path": str(self.config_path), "version": self.holder.version,
                 "loaded_at": self.holder.loaded_at, "last_reload_error": self.holder.last_error,
             },
+            "drained": {
+                "active": self.drained.code is not None, "code": self.drained.code or 503,
+                "reason": self.drained.reason, "since": self.drained.since,
+            } if self.drained.code is not None else {"active": False},
             "transactions": self.stack.layer.size(),
             "dialogs": len(self.dialogs.table),
             "gc": self.gc.stats.to_json() if self.gc is not None else None,
@@ -860,6 +886,23 @@ class EdgeServer:
                 }
             )
 
+        async def drain(request: web.Request) -> web.Response:
+            body: dict[str, Any] = {}
+            if request.can_read_body:
+                try:
+                    body = await request.json()
+                except ValueError:
+                    return web.json_response({"error": "body must be JSON"}, status=400)
+            code = body.get("code")
+            if code is not None and (not isinstance(code, int) or not 400 <= code <= 699):
+                return web.json_response({"error": "code must be 400..699"}, status=400)
+            self.drain(code or 0, str(body.get("reason", "")))  # 0: the default, 503
+            return web.json_response(await self.status())
+
+        async def undrain(_: web.Request) -> web.Response:
+            self.drain(None)
+            return web.json_response(await self.status())
+
         async def dialogs(_: web.Request) -> web.Response:
             return web.json_response(self.dialogs.listing())
 
@@ -879,6 +922,8 @@ class EdgeServer:
             web.post("/pools/{pool}/destinations/{n}/state", set_state),
             web.get("/registrations", registrations),
             web.get("/dialogs", dialogs),
+            web.post("/drain", drain),
+            web.post("/undrain", undrain),
             web.get("/metrics", metrics),
         ]
 
@@ -897,9 +942,13 @@ class EdgeServer:
         await self.dialogs.start()
         self.spawn(self.holder.watch())  # a file edit or SIGHUP reloads
         self.spawn(self._sync_shared_state())
-        log.log(NOTICE, "edge %s ready on %s; %s; registrar for %s",
+        drained = (f"; DRAINED since {time.strftime('%H:%M', time.localtime(self.drained.since))}"
+                   f" ({self.drained.reason}): new calls get {self.drained.code or 503}"
+                   if self.drained.code is not None else "")  # fmt: skip
+        log.log(NOTICE, "edge %s ready on %s; %s; registrar for %s%s",
                 self.node, ", ".join(str(s) for s in self.stack.listen_specs),
-                self.describe_pools(), ", ".join(cfg.registrar.domains) or "no domain")  # fmt: skip
+                self.describe_pools(), ", ".join(cfg.registrar.domains) or "no domain",
+                drained)  # fmt: skip
 
     async def close(self) -> None:
         await self.prober.stop()
