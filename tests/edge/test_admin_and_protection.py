@@ -67,8 +67,9 @@ async def test_admin_pools_state_registrations_metrics(tmp_path: Path) -> None:
         assert edge.pools[0].destinations[1].answered == 4
         async with http.get(admin(edge) + "/metrics") as r:
             text = await r.text()
-        assert 'sipha_edge_destination_answered{destination="1",pool="ivr"} 4.0' in text
-        assert 'sipha_edge_destination_up{destination="0",pool="ivr"} 0.0' in text
+        # labelled by URI, what an operator recognises (not by position in the pool)
+        assert f'sipha_edge_destination_answered{{destination="sip:127.0.0.1:{b}",pool="ivr"}} 4.0' in text
+        assert f'sipha_edge_destination_up{{destination="sip:127.0.0.1:{a}",pool="ivr"}} 0.0' in text
         async with http.get(admin(edge) + "/registrations") as r:
             assert await r.json() == {}
         async with http.get(admin(edge) + "/status") as r:

@@ -107,12 +107,15 @@ class EdgeMetrics:
         self.dialogs.set(len(edge.dialogs.table))
         self.config_version.set(edge.holder.version)
         self.dialogs_forgotten.set(edge.dialogs.table.forgotten)
+        for gauge in (self.calls, self.answered, self.rerouted, self.state, self.latency,
+                      self.failed):  # fmt: skip
+            gauge.clear()  # a destination a reload removed is no longer shown
         for pool in edge.pools:
             self.pool_rerouted.labels(pool.name).set(pool.rerouted)
             self.pool_active.labels(pool.name).set(pool.active)
             self.pool_emptied.labels(pool.name).set(pool.emptied)
             for d in pool.destinations:
-                lab = (pool.name, str(d.index))
+                lab = (pool.name, str(d.uri))  # by URI: what an operator recognises
                 self.calls.labels(*lab).set(d.calls)
                 self.answered.labels(*lab).set(d.answered)
                 self.rerouted.labels(*lab).set(d.rerouted)

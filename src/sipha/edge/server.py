@@ -529,7 +529,7 @@ class EdgeServer:
 
     def _on_probe_change(self, pool: PoolRuntime, dest: DestinationRuntime, up: bool) -> None:
         self.metrics.destination_transitions.labels(
-            pool.name, str(dest.index), "up" if up else "down"
+            pool.name, str(dest.uri), "up" if up else "down"
         ).inc()
         if not up:
             self.dialogs.destination_down(pool.name, str(dest.uri))
