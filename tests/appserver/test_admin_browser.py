@@ -92,3 +92,46 @@ fetch("{target}/drain", {{method: "POST", mode: "no-cors", body: '{{"code": 503}
         assert seen and all(code in (403, 415) for code in seen), seen  # the form's answer
         assert not server.availability.in_maintenance
         assert server.status()["maintenance"]["sources"] == []
+
+
+ARTIFACTS = Path(__file__).parent.parent.parent / "artifacts"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+async def test_the_status_page_shows_the_state_and_drains_with_the_token(tmp_path: Path) -> None:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            raise RuntimeError("chromium missing: make test installs Debian's chromium")
+        pytest.skip("chromium not installed")
+    from playwright.async_api import async_playwright
+
+    (tmp_path / "admin.token").write_text("page-token-0123456789\n")
+    health = [{"name": "crm", "probe": "tcp://127.0.0.1:9", "interval": 0.2, "timeout": 0.2,
+               "fall": 1, "rise": 1, "action": "report"}]  # fmt: skip
+    async with (
+        running_appserver(tmp_path, admin={"token_file": "admin.token"}, health=health) as server,
+        async_playwright() as pw,
+    ):
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = await browser.new_page()
+        await page.goto(admin_url(server) + "/")  # the page loads without the token...
+        error = page.locator("#error")
+        await error.filter(has_text="needs its token").wait_for(timeout=5000)  # ...its data not
+        await page.fill("#token", "page-token-0123456789")
+        await page.click("#token-save")
+        answer = page.locator('#answer[data-code="200"]')
+        await answer.wait_for(timeout=5000)
+        await page.locator("td.warn", has_text="backend crm down").wait_for(timeout=5000)
+        await page.fill("#reason", "upgrade at noon")
+        await page.click("#drain")
+        await page.locator('#answer[data-code="503"]').wait_for(timeout=5000)
+        assert "upgrade at noon" in await page.locator("td.source").inner_text()
+        assert server.availability.drain_reason == "upgrade at noon"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "appserver-status-page-drained.png"),
+                              full_page=True)  # fmt: skip
+        await page.click("#undrain")
+        await answer.wait_for(timeout=5000)
+        assert not server.availability.in_maintenance
+        await browser.close()

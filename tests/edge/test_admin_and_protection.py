@@ -191,7 +191,10 @@ async def test_status_page_shows_a_destination_going_to_probing(
             assert "probing" in await page.locator('tr[data-dest="0"]').inner_text()
             # the last destination goes too: the pool has none left, said once, and shown
             assert edge.pools[0].emptied == 0
-            await edge.set_destination_state("ivr", 1, "disabled")
+            await page.click('tr[data-dest="1"] button.set')  # the page's own "drain" button
+            await page.locator('tr[data-dest="1"] td.state', has_text="drained").wait_for(
+                timeout=5000)  # fmt: skip
+            assert edge.pools[0].destinations[1].admin_state == "drained"
             banner = page.locator('p.empty[data-empty="ivr"]')
             await banner.wait_for(timeout=5000)
             assert "NO ACTIVE DESTINATION" in await banner.inner_text()
@@ -201,8 +204,17 @@ async def test_status_page_shows_a_destination_going_to_probing(
             edge.metrics.update(edge)
             text = edge.metrics.render().decode()
             assert 'sipha_edge_pool_active_destinations{pool="ivr"} 0.0' in text
-            await edge.set_destination_state("ivr", 1, "active")
+            await page.click('tr[data-dest="1"] button.set')  # now "activate"
             await banner.wait_for(state="detached", timeout=5000)
+            assert edge.pools[0].destinations[1].admin_state == "active"
+            # the whole node, from the page
+            await page.fill("#reason", "rolling upgrade")
+            await page.click("#drain")
+            await page.locator("#node-state", has_text="DRAINED (rolling upgrade)").wait_for(
+                timeout=5000)  # fmt: skip
+            await page.click("#undrain")
+            await page.locator("#node-state", has_text="taking calls").wait_for(timeout=5000)
+            assert edge.drained.code is None
             assert edge.pools[0].empty_since is None and edge.pools[0].emptied == 1
             said = [r.getMessage() for r in caplog.records if "ACTIVE DESTINATION" in r.getMessage()
                     or "active destination again" in r.getMessage()]  # fmt: skip

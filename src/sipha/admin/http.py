@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,10 +85,16 @@ async def json_posts(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+# what a browser loads before it can send the token: static, no data (every value the
+# pages show comes from the API, which checks the token)
+PUBLIC = frozenset({"/", "/admin.js"})
+ADMIN_JS = files("sipha.admin").joinpath("admin.js").read_text(encoding="utf-8")
+
+
 def token_middleware(token: str | None) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is not None:
+        if token is not None and not (request.method == "GET" and request.path in PUBLIC):
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -121,6 +128,11 @@ class AdminServer:
             middlewares=[browser_guard(self._hosts), token_middleware(token), json_posts]  # type: ignore[list-item]
         )
         self.app.add_routes(routes)
+
+        async def admin_js(_: web.Request) -> web.Response:
+            return web.Response(text=ADMIN_JS, content_type="text/javascript")
+
+        self.app.add_routes([web.get("/admin.js", admin_js)])
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:

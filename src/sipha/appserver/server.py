@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ from .importer import read_config
 from .metrics import AppServerMetrics
 
 log = logging.getLogger("sipha.appserver")
+# the status page (GET /): no build step, every value from /status, drain/undrain buttons
+STATUS_PAGE = files("sipha.appserver").joinpath("status.html").read_text(encoding="utf-8")
 
 
 
@@ -380,6 +383,9 @@ class AppServer:
         }
 
     def admin_routes(self) -> list[web.RouteDef]:
+        async def page(_: web.Request) -> web.Response:
+            return web.Response(text=STATUS_PAGE, content_type="text/html")
+
         async def status(_: web.Request) -> web.Response:
             self._sync_metrics()
             return web.json_response(self.status())
@@ -412,6 +418,7 @@ class AppServer:
             web.post("/drain", drain),
             web.post("/undrain", undrain),
             web.get("/metrics", metrics),
+            web.get("/", page),
         ]
 
     # -- lifecycle -------------------------------------------------------------------------

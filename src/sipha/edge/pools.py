@@ -85,6 +85,7 @@ class DestinationRuntime:
             "index": self.index,
             "uri": str(self.uri),
             "state": self.state,
+            "admin_state": self.admin_state,
             "weight": self.weight,
             "priority": self.priority,
             "last_probe_code": self.last_probe_code,
