@@ -205,6 +205,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "of file is recognised from its content; settings with no equivalent become comments.",
     )
     imp.add_argument("file", metavar="FILE")
+    imp.add_argument(
+        "--strict", action="store_true",
+        help="a setting with no sipha equivalent is an error (exit 2), not a comment",
+    )
     return p
 
 
@@ -322,9 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ET.ParseError) as exc:
                 raise ImportError_(f"{path}: not readable XML: {exc}") from None
             if is_endpoint_config(root):
-                sys.stdout.write(convert_endpoint(path, root))
+                sys.stdout.write(convert_endpoint(path, root, strict=args.strict))
             else:
-                sys.stdout.write(convert(path))
+                sys.stdout.write(convert(path, strict=args.strict))
         except (ImportError_, EndpointImportError) as exc:
             print(f"sipha import-config: {exc}", file=sys.stderr)
             return 2

@@ -153,8 +153,65 @@ async def test_import_sip_endpoint_config(tmp_path: Path) -> None:
         0, "1001", "site-a.example.test:5060", "udp", 30, 1800)  # fmt: skip
     assert (a.display_name, a.password) == ("Agent 1001", "s3cret")
     assert (b.id, b.server, b.protocol, b.reg_interval) == (1, "site-b.example.test", "tcp", 0)
-    assert "# not mapped: policy/endpoint/rtp_port_min = '9000'" in text
-    assert "# not mapped: proxy1/nat = 'stun'" in text
+    assert "# not mapped: Policy/endpoint/rtp_port_min = '9000'" in text
+    assert "# not mapped: Proxies/proxy1/nat = 'stun'" in text
+
+
+LOWERCASE_SDK_CONFIG = """<?xml version="1.0" encoding="utf-8"?>
+<container name="ServiceRoot">
+  <container name="Basic"><container name="Cloud">
+    <connectivity user="2001" server="pbx.example.test" protocol="tcp" transport_hint="x"/>
+  </container></container>
+  <container name="Genesys">
+    <container name="Policy">
+      <domain name="Endpoint">
+        <setting name="SIP_Transaction_Timeout" value="2500"/>
+        <setting name="vq_report_collector" value="collector.example.test"/>
+      </domain>
+      <domain name="Session"><setting name="auto_answer" value="1"/></domain>
+      <domain name="System"><setting name="log_level" value="4"/></domain>
+    </container>
+    <container name="Proxies">
+      <domain name="Proxy0">
+        <setting name="Password" value="pw2001"/>
+        <setting name="REG_INTERVAL" value="45"/>
+      </domain>
+    </container>
+  </container>
+</container>
+"""
+
+
+async def test_import_reads_the_lowercase_shape_and_names_every_setting_it_drops(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "SipEndpoint.config"
+    src.write_text(LOWERCASE_SDK_CONFIG)
+    proc = await sipha("import-config", str(src))
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    text = out.decode()
+    from sipha.config import load_config
+    from sipha.endpoint import PhoneConfig
+
+    dst = tmp_path / "phone.toml"
+    dst.write_text(text)
+    cfg = load_config(dst, PhoneConfig)
+    assert cfg.policy.sip_transaction_timeout == 2500
+    (c,) = cfg.connection
+    assert (c.user, c.protocol, c.password, c.reg_interval) == ("2001", "tcp", "pw2001", 45)
+    for dropped in ("Policy/Endpoint/vq_report_collector = 'collector.example.test'",
+                    "Policy/Session/auto_answer = '1'", "Policy/System/log_level = '4'",
+                    "Connectivity #0 transport_hint = 'x'"):  # fmt: skip
+        assert f"# not mapped: {dropped}" in text, text
+    # --strict: the same file is refused, in one line, exit 2
+    proc = await sipha("import-config", "--strict", str(src))
+    out, err = await proc.communicate()
+    assert proc.returncode == 2 and out == b""
+    assert err.decode().strip().splitlines() == [
+        f"sipha import-config: {src}: 3 setting(s) have no sipha equivalent (--strict): "
+        "Policy/Endpoint/vq_report_collector, Policy/Session/auto_answer, Policy/System/log_level"
+    ]
 
 
 async def test_import_refuses_garbage(tmp_path: Path) -> None:

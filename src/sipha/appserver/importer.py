@@ -167,9 +167,13 @@ def read_config(path: Path) -> tuple[dict[str, Any], list[Path]]:
     return data, [path, overlay]
 
 
-def convert(path: Path) -> str:
-    """``sipha import-config``: the XML as TOML, each value with the setting it came from."""
+def convert(path: Path, strict: bool = False) -> str:
+    """``sipha import-config``: the XML as TOML, each value with the setting it came from;
+    ``strict``: a setting with no sipha equivalent is an error, not a comment."""
     data, origin = translate(path)
+    if strict and (missing := [name for key, name, _ in origin if not key]):
+        raise ImportError_(f"{path}: {len(missing)} setting(s) have no sipha equivalent "
+                           f"(--strict): {', '.join(missing[:8])}")  # fmt: skip
     text = dump_toml(data)
     notes = {key: (name, value) for key, name, value in origin if key}
     lines = [f"# sipha appserver config converted from {path.name}", ""]
