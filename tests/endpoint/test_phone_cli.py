@@ -225,3 +225,54 @@ async def test_import_refuses_garbage(tmp_path: Path) -> None:
     proc = await sipha("import-config", str(src))
     _, err = await proc.communicate()
     assert proc.returncode == 2 and "not readable XML" in err.decode()
+
+
+def readme_program() -> str:
+    """The README's "A complete program", as printed."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("### A complete program", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_program_runs_as_printed_with_site_0_down(
+    tmp_path: Path, redis_url: str
+) -> None:
+    port = free_port_on(NODE)
+    dead = free_port_on(NODE)  # nothing listens there: site 0 is down
+    users = users_file(tmp_path, {"1001": PASSWORD, "1002": PASSWORD})
+    with DnsServer() as dns:
+        dns.add(REALM, "A", NODE)
+        async with edge_node(tmp_path, NODE, port, redis_url, users):
+            callee = await sipha("phone", "-c", str(phone_toml(tmp_path, "b", "1002", port, dns.address)),
+                                 "--auto-answer")  # fmt: skip
+            try:
+                assert callee.stdout is not None
+                await asyncio.wait_for(callee.stdout.readline(), 10)  # registered
+                config = tmp_path / "two-sites.toml"
+                config.write_text(toml({
+                    "policy": {"sip_transaction_timeout": 1000},
+                    "dns": {"nameservers": [dns.address], "hosts_file": ""},
+                    "connection": [
+                        {"id": 0, "user": "1001", "password": PASSWORD,
+                         "server": f"{REALM}:{dead}", "protocol": "udp", "reg_interval": 1},
+                        {"id": 1, "user": "1001", "password": PASSWORD,
+                         "server": f"{REALM}:{port}", "protocol": "udp", "reg_interval": 1},
+                    ],
+                }))  # fmt: skip
+                program = tmp_path / "readme_program.py"
+                program.write_text(readme_program())
+                prog = await asyncio.create_subprocess_exec(
+                    sys.executable, str(program), str(config), "1002",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await asyncio.wait_for(prog.communicate(), 60)
+                assert prog.returncode == 0, (out + err).decode()[-3000:]
+                assert "Traceback" not in err.decode()
+                events = [json.loads(line) for line in out.decode().splitlines()]
+                states = [e["state"] for e in events if e["event"] == "session"]
+                assert "established" in states and states[-1] == "disconnected", states
+                sites = [e for e in events if e["event"] == "connection_status"]
+                assert any(e["connection"] == 1 and e["status"] == "registered" for e in sites)
+            finally:
+                callee.terminate()
+                await callee.communicate()

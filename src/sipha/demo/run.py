@@ -52,6 +52,7 @@ class CallRecord:
     answered: float | None = None
     ended: float | None = None
     outcome: str = "pending"  # ok | failed: <reason> | lost: <reason>
+    edge: str | None = None  # the edge node that carried the INVITE answered
 
     @property
     def ended_by_edge(self) -> bool:
@@ -227,6 +228,8 @@ class Demo:
                 await s.hangup()
             return
         rec.answered = self.now()
+        target = s._invite_target
+        rec.edge = target.host if target is not None else None
         d = s.dialog
         if d is not None and isinstance(d.remote_target, SipURI):
             rec.server = ports.get(d.remote_target.port or 5060)
@@ -328,7 +331,10 @@ class Demo:
             ("answered on B", str(r.count("B"))),
             ("re-routed by the edge", str(r.rerouted)),
             ("rejected by A before any 18x (maintenance)", str(r.rejected_by_a)),
-            ("failed or lost (target 0)", str(len(failed))),
+            (("failed or lost, besides the calls up on A (target 0)" if self.scenario == "crash"
+              else "failed or lost (target 0)"),
+             str(len([c for c in failed if self.scenario != "crash"
+                      or c not in r.on_a_at_failure]))),
             ("failure -> A in maintenance", secs(r.since("failure", "maintenance"))),
             ("A in maintenance -> edge took A out", secs(r.since("maintenance", "edge_out"))),
             ("failure -> edge took A out", secs(r.since("failure", "edge_out"))),
@@ -357,6 +363,7 @@ class Demo:
                 and len(c.session.call_ids) == 1
             ]  # fmt: skip
             rows.append(("calls straight to the healthy node meanwhile", str(len(straight))))
+        self.console.print()  # the title on a line of its own, also when piped
         table = Table(title=f"sipha demo ({self.scenario})", show_header=False)
         table.add_column("", style="bold")
         table.add_column("", justify="right")
@@ -367,13 +374,21 @@ class Demo:
             self.console.print(f"[red]call {c.n} ({c.session.call_id}): {c.outcome}")
 
         seconds = int(self.seconds + self.duration + 2)
-        series = {f"server {s}": per_second([c.answered for c in r.calls if c.server == s
-                                             and c.answered is not None], seconds)
-                  for s in ("A", "B")}  # fmt: skip
+        if self.scenario == "edge-failover":  # what moves here is the edge node, not A or B
+            nodes = sorted({c.edge for c in r.calls if c.edge is not None})
+            series = {f"edge {n}": per_second([c.answered for c in r.calls if c.edge == n
+                                               and c.answered is not None], seconds)
+                      for n in nodes}  # fmt: skip
+            what = "edge node"
+        else:
+            series = {f"server {s}": per_second([c.answered for c in r.calls if c.server == s
+                                                 and c.answered is not None], seconds)
+                      for s in ("A", "B")}  # fmt: skip
+            what = "server"
         labels = {"failure": "failure", "maintenance": "A maintenance", "edge_out": "edge: A out",
                   "recovery": "recovery", "edge_in": "edge: A back"}  # fmt: skip
         markers = [Marker(t, labels[k]) for k, t in r.marks.items() if k in labels]
-        svg = chart_svg(series, markers, f"Calls answered per second per server ({self.scenario})")
+        svg = chart_svg(series, markers, f"Calls answered per second per {what} ({self.scenario})")
         if verdict_ok and self.scenario == "crash":
             verdict = f"{crash_lost} call(s) died with A; every other call was answered"
         elif verdict_ok:
