@@ -228,13 +228,13 @@ async def test_import_refuses_garbage(tmp_path: Path) -> None:
 
 
 def readme_program() -> str:
-    """The README's "A complete program", as printed."""
-    text = (Path(__file__).parents[2] / "README.md").read_text()
-    section = text.split("### A complete program", 1)[1]
+    """docs/endpoint.md's "A complete program", as printed."""
+    text = (Path(__file__).parents[2] / "docs" / "endpoint.md").read_text()
+    section = text.split("## A complete program", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-async def test_the_readme_program_runs_as_printed_with_site_0_down(
+async def test_the_documented_program_runs_as_printed_with_site_0_down(
     tmp_path: Path, redis_url: str
 ) -> None:
     port = free_port_on(NODE)

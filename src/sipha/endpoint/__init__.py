@@ -1,5 +1,5 @@
 """The endpoint SDK: several sites at once, proxy failover and the SIP Endpoint SDK's
-retry rules (see README, "Endpoint SDK")."""
+retry rules (see docs/endpoint.md)."""
 
 from .config import ConnectionConfig, PhoneConfig, Policy
 from .events import ConnectionStatus, Event, NotifyEvent, SessionEvent, SubscriptionEvent
