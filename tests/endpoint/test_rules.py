@@ -160,3 +160,16 @@ async def test_srv_name_registers_on_the_srv_targets(tmp_path: Path, redis_url: 
             assert isinstance(ev, ConnectionStatus) and ev.server == f"127.0.0.2:{port}"
             assert dns.queries[("_sip._udp.sites.test", "SRV")] == 1
             assert phone.connections[0].protocol is None  # RFC 3263 chose UDP
+
+
+def test_an_ipv6_server_without_a_domain_gives_a_bracketed_aor() -> None:
+    # RFC 3261 §25.1 / RFC 5118: sip:1001@[::1], never sip:1001@::1 (Kamailio answered 500)
+    from sipha.endpoint.config import ConnectionConfig
+    from sipha.sip.uri import parse_uri
+
+    conn = ConnectionConfig(id=0, user="1001", server="[::1]:5091")
+    assert conn.aor_domain == "[::1]"
+    uri = parse_uri(f"sip:{conn.user}@{conn.aor_domain}")
+    assert str(uri) == "sip:1001@[::1]"
+    assert ConnectionConfig(id=1, user="1001", server="[::1]").aor_domain == "[::1]"
+    assert ConnectionConfig(id=2, user="1001", server="::1", domain="x.test").aor_domain == "x.test"
