@@ -83,3 +83,14 @@ def test_a_dialog_survives_the_store_as_json() -> None:
     back = TrackedDialog.from_dict(d.to_dict())
     assert back.to_dict() == d.to_dict()
     assert back.sender_of("t2") == "callee" and back.sender_of("zz") is None
+
+
+def test_dialogs_without_a_bye_are_forgotten_after_their_lifetime() -> None:
+    table = DialogTable(interval=0.0, failures=2, max=10)
+    for name, created in (("old", 100.0), ("older-but-later", 50.0), ("new", 500.0)):
+        d = dialog(name)
+        d.created = created
+        table.add(d, 0.0)
+    # the oldest first, in the order they came: it stops at the first one still young
+    assert table.expire(before=200.0) == 2
+    assert [d.call_id for d in table] == ["new"] and table.expired == 2

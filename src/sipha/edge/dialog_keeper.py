@@ -120,6 +120,7 @@ class DialogKeeper:
         if not callee_contact or not caller_contact or not to_tag:
             return
         now = time.monotonic()
+        self.table.expire(time.time() - self.cfg.lifetime)
         dialog = TrackedDialog(
             call_id=invite.call_id,
             caller=Side(_without_tag(invite.from_), invite.from_.tag or "", caller_contact,
@@ -182,7 +183,7 @@ class DialogKeeper:
         return {
             "count": len(self.table), "by_destination": by_destination, "dialogs": calls,
             "ended": dict(self.ended), "bye_answers": dict(self.bye_answers),
-            "forgotten": self.table.forgotten,
+            "forgotten": self.table.forgotten, "expired": self.table.expired,
             "adopted": self.adopted, "keepalive_interval": self.cfg.keepalive_interval,
         }  # fmt: skip
 

@@ -112,6 +112,7 @@ class DialogTable:
     max: int  # dialogs remembered; the oldest forgotten first
     dialogs: dict[str, TrackedDialog] = field(default_factory=dict)
     forgotten: int = 0  # dropped because the table was full
+    expired: int = 0  # dropped after dialogs.lifetime without a BYE
     _heap: list[tuple[float, int, str]] = field(default_factory=list)
     _seq: int = 0
 
@@ -133,6 +134,19 @@ class DialogTable:
         self.dialogs[dialog.call_id] = dialog
         if self.interval > 0:
             self.schedule(dialog, now + self.interval)
+
+    def expire(self, before: float) -> int:
+        """Forget the oldest dialogs created (wall clock) before ``before``: calls whose
+        BYE never passed here (dialogs.lifetime). Returns how many."""
+        gone = 0
+        while self.dialogs:
+            oldest = next(iter(self.dialogs.values()))
+            if oldest.created >= before:
+                break
+            self.remove(oldest.call_id)
+            gone += 1
+        self.expired += gone
+        return gone
 
     def remove(self, call_id: str) -> TrackedDialog | None:
         dialog = self.dialogs.pop(call_id, None)
