@@ -140,14 +140,14 @@ class DialogKeeper:
             if self.cfg.keepalive_interval > 0 and request.method not in ("BYE", "ACK"):
                 self._adopt(request)
             elif request.method == "BYE":
-                self.spawn(self._forget_shared(request.call_id))
+                self._forget(request.call_id)
             return
         sender = dialog.sender_of(request.from_.tag or "")
         if sender is None:
             return
         if request.method == "BYE":
             self.table.remove(dialog.call_id)
-            self.spawn(self._forget_shared(dialog.call_id))
+            self._forget(dialog.call_id)
             return
         side = dialog.side(sender)
         side.cseq = max(side.cseq, request.cseq.number)
@@ -189,10 +189,15 @@ class DialogKeeper:
 
     # -- sharing through the store ----------------------------------------------------------
     def _save(self, dialog: TrackedDialog) -> None:
-        self.spawn(self.store.put_dialog(dialog.call_id, dialog.to_dict(), self.cfg.lifetime))
+        if self.store.shared:  # one node: no task per call for nothing
+            self.spawn(self.store.put_dialog(dialog.call_id, dialog.to_dict(), self.cfg.lifetime))
 
     async def _forget_shared(self, call_id: str) -> None:
         await self.store.delete_dialog(call_id)
+
+    def _forget(self, call_id: str) -> None:
+        if self.store.shared:
+            self.spawn(self._forget_shared(call_id))
 
     def _adopt(self, request: Request) -> None:
         """A call set up through another node reached this one: keep it alive from here."""
@@ -297,7 +302,7 @@ class DialogKeeper:
         log.warning("call %s ended by the edge: %s (pool %s, destination %s); BYE both ways",
                     dialog.call_id, verdict.reason, dialog.pool or "-",
                     dialog.destination or "-")  # fmt: skip
-        self.spawn(self._forget_shared(dialog.call_id))
+        self._forget(dialog.call_id)
         for side in verdict.bye_to:
             self.spawn(self._bye(dialog, side, verdict.reason))
 

@@ -56,6 +56,9 @@ BindingsChange = Callable[[list[Binding]], list[Binding]]
 
 
 class Store(Protocol):
+    # whether other nodes read what this store holds (dialogs are written only then)
+    shared: bool
+
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def get_bindings(self, aor: str) -> list[Binding]: ...

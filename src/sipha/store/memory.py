@@ -9,6 +9,8 @@ from .base import Binding, BindingsChange
 
 
 class MemoryStore:
+    shared = False  # one node: nothing another node could read
+
     def __init__(self) -> None:
         self._bindings: dict[str, list[Binding]] = {}
         self._states: dict[str, str] = {}

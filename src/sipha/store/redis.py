@@ -33,6 +33,8 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisStore:
+    shared = True
+
     def __init__(self, url: str, node: str) -> None:
         self.url = url
         self.node = node
