@@ -58,3 +58,45 @@ def test_every_python_block_compiles() -> None:
     assert len(found) >= 5
     for page, code in found:
         compile(code, page, "exec", flags=0x2000)  # PyCF_ALLOW_TOP_LEVEL_AWAIT
+
+
+async def test_the_library_examples_run(tmp_path: Path) -> None:
+    """docs/library.md as printed: the UAS runs (on a free port instead of 5080), the UAC
+    calls it and hangs up, the parsing lines read a message."""
+    import asyncio
+    import socket
+    import sys
+    import textwrap
+
+    uas, uac, parsing = (code for page, code in blocks("python") if page == "docs/library.md")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    server = tmp_path / "uas.py"
+    server.write_text(uas.replace("5080", port))
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(server))
+    try:
+        # the UAC block is statements for an async context: run it in a coroutine, with
+        # a flag the test can read after the call
+        body = uac.replace("5080", port).replace("await call.bye()", "await call.bye(); ok.append(1)")
+        lines = [ln for ln in body.splitlines() if not ln.startswith(("from ", "import "))]
+        imports = [ln for ln in body.splitlines() if ln.startswith(("from ", "import "))]
+        program = "\n".join(imports) + "\nok = []\nasync def main():\n" + textwrap.indent(
+            "\n".join(lines), "    ")  # fmt: skip
+        namespace: dict[str, object] = {}
+        exec(compile(program, "docs/library.md (UAC)", "exec"), namespace)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not namespace["ok"]:
+            await namespace["main"]()  # type: ignore[operator]
+            if namespace["ok"] or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)  # the UAS may still be starting
+        assert namespace["ok"] == [1], "the UAC example did not complete a call"
+    finally:
+        proc.terminate()
+        await proc.wait()
+    data = (b"OPTIONS sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: x\r\n"
+            b"CSeq: 1 OPTIONS\r\nContact: <sip:a@127.0.0.1>;q=0.5\r\nMax-Forwards: 70\r\n"
+            b"Content-Length: 0\r\n\r\n")  # fmt: skip
+    exec(compile(parsing, "docs/library.md (parsing)", "exec"), {"data": data})
