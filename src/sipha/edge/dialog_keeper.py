@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ..sip.errors import TransactionTimeoutError, TransportFailure
+from ..sip.errors import ParseError, TransactionTimeoutError, TransportFailure
 from ..sip.headers import Address, Headers, parse_address
 from ..sip.message import Request, Response
 from ..sip.transaction import Target
@@ -26,9 +26,11 @@ from ..stack import SipStack
 from ..store.base import Store
 from .config import DialogsSection
 from .dialog_table import SIDES, DialogTable, Side, SideName, TrackedDialog, Verdict, dead_answer
+from .route_signature import PARAM as SIGNATURE
 
 log = logging.getLogger("sipha.edge.dialogs")
 
+SIGNATURE_PARAM = f";{SIGNATURE}="  # in our Record-Route's text
 PACE = 0.005  # s between the checks of one failed destination's dialogs (200/s)
 
 Locate = Callable[[SipURI], Awaitable[list[Target]]]
@@ -107,31 +109,61 @@ class DialogKeeper:
         self, invite: Request, source: Target, response: Response, callee_hop: Target,
         pool: str = "", destination: str = "",
     ) -> None:  # fmt: skip
-        """A 2xx to an initial INVITE the edge record-routed: remember the dialog."""
-        rr = [str(a) for a in response.record_route]
-        ours = [i for i, a in enumerate(response.record_route)
-                if isinstance(a.uri, SipURI) and self.is_us(a.uri)]  # fmt: skip
-        if not ours:
+        """A 2xx to an initial INVITE the edge record-routed: remember the dialog (cheaply:
+        the header texts; :meth:`resolve` parses them when a keep-alive first needs them)."""
+        rr = tuple(response.headers.get_all("record-route"))
+        if not any(SIGNATURE_PARAM in v for v in rr):
             return  # not record-routed by us: in-dialog requests will not pass here
-        contact = response.contact
-        callee_contact = str(contact[0].uri) if contact else ""
-        caller_contact = str(invite.contact[0].uri) if invite.contact else ""
         to_tag = response.to.tag or ""
+        caller_contact = invite.headers.get("contact") or ""
+        callee_contact = response.headers.get("contact") or ""
         if not callee_contact or not caller_contact or not to_tag:
             return
         now = time.monotonic()
         self.table.expire(time.time() - self.cfg.lifetime)
         dialog = TrackedDialog(
             call_id=invite.call_id,
-            caller=Side(_without_tag(invite.from_), invite.from_.tag or "", caller_contact,
-                        rr[ours[-1] + 1:], _hop(source), invite.cseq.number, 0, now),
-            callee=Side(_without_tag(invite.to), to_tag, callee_contact,
-                        list(reversed(rr[: ours[0]])), _hop(callee_hop), 0, 0, now),
+            caller=Side("", invite.from_.tag or "", "", [], _hop(source), invite.cseq.number,
+                        0, now),
+            callee=Side("", to_tag, "", [], _hop(callee_hop), 0, 0, now),
             pool=pool, destination=destination, created=time.time(), owner=self.node,
+            raw=(invite.headers.get("from") or "", invite.headers.get("to") or "",
+                 caller_contact, callee_contact, rr),
         )  # fmt: skip
+        wake = self.table.next_due() is None  # the keep-alive loop sleeps until woken
         self.table.add(dialog, now)
-        self._save(dialog)
-        self._wake.set()
+        if self.store.shared:
+            self.resolve(dialog)  # another node may need it: in full, now
+            self._save(dialog)
+        if wake:
+            self._wake.set()
+
+    def resolve(self, dialog: TrackedDialog) -> TrackedDialog:
+        """Parse what :meth:`answered` kept as text: each side's AOR, Contact and the Route
+        entries beyond the edge toward it (RFC 3261 §12.1: the 2xx's Record-Route, ours
+        found by their signature)."""
+        if dialog.raw is None:
+            return dialog
+        from_raw, to_raw, caller_contact, callee_contact, rr_values = dialog.raw
+        dialog.raw = None
+        try:
+            routes = [parse_address(v, "Record-Route") for v in rr_values]
+            ours = [i for i, a in enumerate(routes)
+                    if isinstance(a.uri, SipURI) and self.is_us(a.uri)]  # fmt: skip
+            if not ours:
+                ours = [i for i, a in enumerate(routes) if SIGNATURE in a.uri.params]  # type: ignore[attr-defined]
+            rr = [str(a) for a in routes]
+            dialog.caller.aor = _without_tag(parse_address(from_raw, "From"))
+            dialog.callee.aor = _without_tag(parse_address(to_raw, "To"))
+            dialog.caller.contact = str(parse_address(caller_contact, "Contact").uri)
+            dialog.callee.contact = str(parse_address(callee_contact, "Contact").uri)
+            if ours:
+                dialog.caller.routes = rr[ours[-1] + 1:]
+                dialog.callee.routes = list(reversed(rr[: ours[0]]))
+        except (ParseError, ValueError, AttributeError) as exc:
+            log.info("call %s: its headers do not parse (%s): not kept alive", dialog.call_id, exc)
+            self.table.remove(dialog.call_id)
+        return dialog
 
     def in_dialog(self, request: Request) -> None:
         """An in-dialog request the edge forwards: its CSeq, a new target, or the end."""
@@ -152,6 +184,7 @@ class DialogKeeper:
         side = dialog.side(sender)
         side.cseq = max(side.cseq, request.cseq.number)
         if request.method in ("INVITE", "UPDATE") and request.contact:
+            self.resolve(dialog)
             side.contact = str(request.contact[0].uri)  # a target refresh (§12.2.2)
             self._save(dialog)
 
@@ -172,7 +205,8 @@ class DialogKeeper:
         now = time.time()
         by_destination: dict[str, int] = {}
         calls = []
-        for d in self.table:
+        for d in list(self.table):
+            self.resolve(d)
             key = f"{d.pool}/{d.destination}" if d.pool else "(registered users)"
             by_destination[key] = by_destination.get(key, 0) + 1
             calls.append({
@@ -271,6 +305,8 @@ class DialogKeeper:
             raise
 
     async def _keepalive(self, dialog: TrackedDialog, to: SideName) -> None:
+        if self.resolve(dialog).ended:
+            return
         # the sender's own CSeq, not incremented: a UA accepts an equal number (§12.2.2)
         # or answers 500 (PJSIP) -- alive either way -- and the CSeq space of the real
         # requests is left alone

@@ -63,6 +63,10 @@ class TrackedDialog:
     due: float = 0.0  # monotonic time of the next keep-alive
     pending: int = 0  # keep-alives sent and not yet answered or failed
     ended: bool = False
+    # the header texts the Sides are made from, until the first keep-alive needs them:
+    # most calls end before it, so the 2xx's path parses nothing it would not anyway
+    # (From, To, the two Contacts, the Record-Route values)
+    raw: tuple[str, str, str, str, tuple[str, ...]] | None = None
 
     def side(self, name: SideName) -> Side:
         return self.caller if name == "caller" else self.callee
