@@ -136,8 +136,8 @@ async def test_killed_tcp_proxy_fails_over_at_once(tmp_path: Path, redis_url: st
         assert conn is not None and conn.target is not None
         conn.cfg.reg_interval = 0
         dead = r.nodes[conn.target.host]
+        dead.kill()  # synchronous (SIGKILL, then reaped): the loop sees the reset after it
         t0 = time.time()
-        dead.kill()
         ev = await r.arec.wait(event="connection_status", status="registered",
                                server=f"{r.other(dead).host}:{dead.port}")  # fmt: skip
         reregistered = ev.ts - t0
