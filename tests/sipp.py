@@ -49,6 +49,23 @@ class SippResult:
         return self.returncode == 0
 
 
+def ok_to_last(next_label: str = "") -> str:
+    """A SIPp step: 200 OK to the last request received (its Via, From, To, Call-ID and
+    CSeq), then on to ``next_label`` if given."""
+    after = f' next="{next_label}"' if next_label else ""
+    return f"""<send{after}><![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>"""
+
+
 async def run_sipp(*args: str, timeout: float = 60.0) -> SippResult:
     """Run sipp to completion (its own ``-timeout`` makes a hung run fail, not hang)."""
     assert SIPP is not None, "sipp missing: make test installs Debian's sip-tester"

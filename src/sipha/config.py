@@ -132,8 +132,11 @@ class ConfigHolder(Generic[M]):
         self.on_change = on_change
         self.on_error = on_error  # a refused reload (counted by the role's metrics)
         self.reader = reader
-        self.current: M = load_config(self.path, model, reader)
-        self.files = reader(self.path)[1]
+        data, self.files = reader(self.path)
+        try:
+            self.current: M = model.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(describe(self.path, exc)) from None
         self.version = 1
         self.loaded_at = time.time()
         self.last_error: str | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 from sipha.media.rtcp import BYE, SR
 from tests import apps
 from tests.appserver.helpers import running_appserver, scenario, sip_port
-from tests.sipp import free_port, needs_sipp, run_sipp
+from tests.sipp import free_port, needs_sipp, ok_to_last, run_sipp
 from tests.test_rtcp import block, packets
 
 pytestmark = [needs_sipp]
@@ -99,17 +99,7 @@ def caller_scenario(rtp_port: int, pcap: Path | None) -> str:
   <pause milliseconds="2200"/>
   {digits}
   <recv request="BYE"/>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-  ]]></send>
+  {ok_to_last()}
 </scenario>
 """
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.appserver.helpers import running_appserver, scenario, sip_port
-from tests.sipp import free_port, needs_sipp, run_sipp
+from tests.sipp import free_port, needs_sipp, ok_to_last, run_sipp
 
 pytestmark = [needs_sipp]
 
@@ -140,17 +140,7 @@ async def test_a_caller_that_never_refreshes_is_hung_up_at_expiry_with_a_reason(
     <action>{check("Reason", 'cause=408;text=.Session Timer Expired.', "why")}</action>
   </recv>
   <Reference variables="why"/>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-  ]]></send>
+  {ok_to_last()}
 </scenario>
 """
     took, _ = await call(tmp_path, xml)

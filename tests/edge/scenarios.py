@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests.sipp import ok_to_last
+
 REPLY = """
       SIP/2.0 {code}
       [last_Via:]
@@ -152,18 +154,6 @@ def caller(expect: str, domain: str = "[remote_ip]:[remote_port]") -> str:
 
 # -- in a call: the edge's keep-alives (in-dialog OPTIONS) are answered until a BYE ----------
 BYE = '  <recv request="BYE" next="bye"/>'
-IN_DIALOG_OK = """<send{next}><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]></send>"""
-
 def talk(bye: str, options_delay_ms: int = 0) -> str:
     """In a call: answer the edge's keep-alive OPTIONS (after ``options_delay_ms``) until a
     BYE (checked by ``bye``) arrives; answer it."""
@@ -174,9 +164,9 @@ def talk(bye: str, options_delay_ms: int = 0) -> str:
 {bye}
   <label id="ka"/>
   {pause}
-  {IN_DIALOG_OK.format(next=' next="talk"')}
+  {ok_to_last("talk")}
   <label id="bye"/>
-  {IN_DIALOG_OK.format(next="")}
+  {ok_to_last()}
 """
 
 

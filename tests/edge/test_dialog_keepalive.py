@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from tests.edge.helpers import edge_port, pool, running_edge, wait_dest_state
-from tests.edge.scenarios import BYE, IN_DIALOG_OK, callee, talk
-from tests.sipp import free_port, needs_sipp, run_sipp, sipp_process
+from tests.edge.scenarios import BYE, callee, talk
+from tests.sipp import free_port, needs_sipp, ok_to_last, run_sipp, sipp_process
 
 pytestmark = [needs_sipp]
 
@@ -44,7 +44,7 @@ def caller(bye: str, hang_up_after_keepalives: int = 0) -> str:
       Max-Forwards: 70"""
     if hang_up_after_keepalives:
         answered = f"""  <recv request="OPTIONS"/>
-  {IN_DIALOG_OK.format(next="")}
+  {ok_to_last()}
 """ * hang_up_after_keepalives
         rest = f"""{answered}  <send retrans="500"><![CDATA[
 
@@ -58,7 +58,7 @@ def caller(bye: str, hang_up_after_keepalives: int = 0) -> str:
   <recv response="200"/>
   <nop next="done"/>
   <label id="late_ka"/>
-  {IN_DIALOG_OK.format(next="")}
+  {ok_to_last()}
   <recv response="200"/>
   <label id="done"/>"""
     else:

@@ -29,7 +29,7 @@ from tests.baresip import Baresip, account_line, needs_baresip, running_baresip
 from tests.dnsserver import DnsServer
 from tests.edge.helpers import edge_port, running_edge
 from tests.endpoint.helpers import PASSWORD, REALM, users_file
-from tests.sipp import free_port, needs_sipp, sipp_background
+from tests.sipp import free_port, needs_sipp, ok_to_last, sipp_background
 
 pytestmark = [needs_baresip]
 
@@ -166,17 +166,7 @@ def caller_hung_up_by_callee() -> str:
 
   ]]></send>
   <recv request="BYE"/>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-  ]]></send>
+  {ok_to_last()}
 </scenario>
 """
 

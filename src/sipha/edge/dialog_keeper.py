@@ -123,9 +123,8 @@ class DialogKeeper:
         self.table.expire(time.time() - self.cfg.lifetime)
         dialog = TrackedDialog(
             call_id=invite.call_id,
-            caller=Side("", invite.from_.tag or "", "", [], _hop(source), invite.cseq.number,
-                        0, now),
-            callee=Side("", to_tag, "", [], _hop(callee_hop), 0, 0, now),
+            caller=Side("", invite.from_.tag or "", "", [], _hop(source), invite.cseq.number),
+            callee=Side("", to_tag, "", [], _hop(callee_hop)),
             pool=pool, destination=destination, created=time.time(), owner=self.node,
             raw=(invite.headers.get("from") or "", invite.headers.get("to") or "",
                  caller_contact, callee_contact, rr),
@@ -247,9 +246,7 @@ class DialogKeeper:
                     return
                 dialog = TrackedDialog.from_dict(record)
                 dialog.owner = self.node
-                now = time.monotonic()
-                dialog.caller.answered_at = dialog.callee.answered_at = now
-                self.table.add(dialog, now)
+                self.table.add(dialog, time.monotonic())
                 self.adopted += 1
                 log.info("took over call %s (set up through %s)", call_id, record.get("owner"))
                 self._save(dialog)
@@ -313,7 +310,6 @@ class DialogKeeper:
         src = dialog.other(to)
         request = self.request_to(dialog, to, "OPTIONS", max(src.cseq, 1))
         self.keepalives += 1
-        dialog.pending += 1
         try:
             response = await self._send(request, dialog, to)
             alive = not dead_answer(response.status)
@@ -322,8 +318,6 @@ class DialogKeeper:
             alive, why = False, f"no answer within {self.cfg.keepalive_timeout:g} s"
         except (TransportFailure, OSError, IndexError, ValueError) as exc:
             alive, why = False, f"cannot reach it: {exc}"
-        finally:
-            dialog.pending -= 1
         if not alive:
             log.info("call %s: %s did not answer a keep-alive (%s)", dialog.call_id, to, why)
         verdict = self.table.answered(dialog, to, alive, time.monotonic())

@@ -37,7 +37,6 @@ class Side:
     hop: str  # "transport:host:port" the edge uses toward it when ``routes`` is empty
     cseq: int = 0  # the highest CSeq of its requests (0: it sent none yet)
     failures: int = 0  # keep-alives in a row it did not answer
-    answered_at: float = 0.0  # monotonic time of its last answer
 
     def to_dict(self) -> dict[str, Any]:
         return {"aor": self.aor, "tag": self.tag, "contact": self.contact,
@@ -61,7 +60,6 @@ class TrackedDialog:
     created: float = 0.0  # wall-clock time of the 2xx (for listings across nodes)
     owner: str = ""  # the node that keeps it alive
     due: float = 0.0  # monotonic time of the next keep-alive
-    pending: int = 0  # keep-alives sent and not yet answered or failed
     ended: bool = False
     # the header texts the Sides are made from, until the first keep-alive needs them:
     # most calls end before it, so the 2xx's path parses nothing it would not anyway
@@ -196,7 +194,6 @@ class DialogTable:
         s = dialog.side(side)
         if alive:
             s.failures = 0
-            s.answered_at = now
             return None
         s.failures += 1
         if s.failures < self.failures:
