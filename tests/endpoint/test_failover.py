@@ -126,6 +126,46 @@ async def test_double_failure_ends_the_call_with_the_reason(tmp_path: Path, redi
             "in_progress", "disconnected", "in_progress", "disconnected"
         ]  # fmt: skip
         assert len(set(session.call_ids)) == 2
+        ends = [e for e in r.arec.sessions(session.id) if e.state == "disconnected"]
+        assert [e.site_down for e in ends] == [True, True]
+
+
+async def test_a_failed_udp_keepalive_is_tried_on_another_proxy_before_the_site_is_down(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """One proxy of the name frozen: an OPTIONS to the other address answers, so the
+    phone re-registers there and never reports the connection unavailable. Both frozen:
+    unavailable after the second OPTIONS times out too."""
+    async with rig(tmp_path, redis_url, keepalive_interval=1, udp_keepalive="options") as r:
+        conn = r.alice.connection_object(0)
+        assert conn is not None and conn.target is not None
+        first = r.nodes[conn.target.host]
+        t0 = time.time()
+        first.freeze()
+        moved = await r.arec.wait(timeout=8, after=t0, event="connection_status",
+                                  status="registered")  # fmt: skip
+        assert isinstance(moved, ConnectionStatus)
+        other = r.other(first)
+        assert moved.server == f"{other.host}:{other.port}"
+        took = moved.ts - t0
+        print(f"measured: UDP keep-alive, one proxy frozen -> registered on the other "
+              f"after {took:.2f} s, no unavailable event")  # fmt: skip
+        # next keep-alive (1 s +20 %) + its 1 s time-out + an OPTIONS and a REGISTER
+        assert took < 1.2 + 1.0 + 0.5, took
+        assert not [e for e in r.arec.events if isinstance(e, ConnectionStatus)
+                    and e.ts > t0 and e.status == "unavailable"]  # fmt: skip
+
+        t1 = time.time()
+        other.freeze()
+        lost = await r.arec.wait(timeout=8, after=t1, event="connection_status",
+                                 status="unavailable")  # fmt: skip
+        assert isinstance(lost, ConnectionStatus)
+        assert lost.reason == "keep-alive: OPTIONS 408 Request Timeout"
+        took = lost.ts - t1
+        print(f"measured: UDP keep-alive, both proxies frozen -> unavailable after {took:.2f} s")
+        # next keep-alive + two 1 s time-outs (this proxy, then the other, already penalised
+        # but the only one left)
+        assert 2.0 <= took < 1.2 + 2.0 + 0.5, took
 
 
 async def test_killed_tcp_proxy_fails_over_at_once(tmp_path: Path, redis_url: str) -> None:

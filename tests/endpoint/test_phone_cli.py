@@ -13,16 +13,19 @@ from tests.dnsserver import DnsServer
 
 from .helpers import PASSWORD, REALM, edge_node, free_port_on, users_file
 
-NODE = "127.0.0.2"
+NODE, SITE1 = "127.0.0.2", "127.0.0.3"
 
 
-def phone_toml(tmp_path: Path, name: str, user: str, port: int, dns: str) -> Path:
+def phone_toml(
+    tmp_path: Path, name: str, user: str, port: int, dns: str, server: str = ""
+) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(toml({
         "policy": {"sip_transaction_timeout": 1000},
         "dns": {"nameservers": [dns], "hosts_file": ""},
         "connection": [{"id": 0, "user": user, "password": PASSWORD,
-                        "server": f"{REALM}:{port}", "protocol": "udp", "reg_interval": 1}],
+                        "server": server or f"{REALM}:{port}", "domain": REALM,
+                        "protocol": "udp", "reg_interval": 1}],
     }))  # fmt: skip
     return path
 
@@ -234,17 +237,22 @@ def readme_program() -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-async def test_the_documented_program_runs_as_printed_with_site_0_down(
+async def test_the_documented_program_and_the_cli_with_site_0_down(
     tmp_path: Path, redis_url: str
 ) -> None:
-    port = free_port_on(NODE)
-    dead = free_port_on(NODE)  # nothing listens there: site 0 is down
+    """Two edges; site 0's is killed before the phone starts. docs/endpoint.md's program
+    runs as printed and completes its call on site 1; ``sipha phone --call --connection 0``
+    goes out on site 1 once site 0's first REGISTER has failed (1 s), not after 10 s."""
+    port = free_port_on(NODE, SITE1)
     users = users_file(tmp_path, {"1001": PASSWORD, "1002": PASSWORD})
     with DnsServer() as dns:
-        dns.add(REALM, "A", NODE)
-        async with edge_node(tmp_path, NODE, port, redis_url, users):
-            callee = await sipha("phone", "-c", str(phone_toml(tmp_path, "b", "1002", port, dns.address)),
-                                 "--auto-answer")  # fmt: skip
+        async with (
+            edge_node(tmp_path, NODE, port, redis_url, users) as site0,
+            edge_node(tmp_path, SITE1, port, redis_url, users),
+        ):
+            site0.kill()
+            callee = await sipha("phone", "-c", str(phone_toml(tmp_path, "b", "1002", port, dns.address,
+                                                               f"{SITE1}:{port}")), "--auto-answer")  # fmt: skip
             try:
                 assert callee.stdout is not None
                 await asyncio.wait_for(callee.stdout.readline(), 10)  # registered
@@ -253,10 +261,10 @@ async def test_the_documented_program_runs_as_printed_with_site_0_down(
                     "policy": {"sip_transaction_timeout": 1000},
                     "dns": {"nameservers": [dns.address], "hosts_file": ""},
                     "connection": [
-                        {"id": 0, "user": "1001", "password": PASSWORD,
-                         "server": f"{REALM}:{dead}", "protocol": "udp", "reg_interval": 1},
-                        {"id": 1, "user": "1001", "password": PASSWORD,
-                         "server": f"{REALM}:{port}", "protocol": "udp", "reg_interval": 1},
+                        {"id": 0, "user": "1001", "password": PASSWORD, "domain": REALM,
+                         "server": f"{NODE}:{port}", "protocol": "udp", "reg_interval": 1},
+                        {"id": 1, "user": "1001", "password": PASSWORD, "domain": REALM,
+                         "server": f"{SITE1}:{port}", "protocol": "udp", "reg_interval": 1},
                     ],
                 }))  # fmt: skip
                 program = tmp_path / "readme_program.py"
@@ -269,10 +277,26 @@ async def test_the_documented_program_runs_as_printed_with_site_0_down(
                 assert prog.returncode == 0, (out + err).decode()[-3000:]
                 assert "Traceback" not in err.decode()
                 events = [json.loads(line) for line in out.decode().splitlines()]
-                states = [e["state"] for e in events if e["event"] == "session"]
-                assert "established" in states and states[-1] == "disconnected", states
-                sites = [e for e in events if e["event"] == "connection_status"]
-                assert any(e["connection"] == 1 and e["status"] == "registered" for e in sites)
+                calls = [e for e in events if e["event"] == "session"]
+                assert [e["state"] for e in calls] == [
+                    "in_progress", "ringing", "established", "held", "established", "disconnected"
+                ], calls  # fmt: skip
+                assert {e["connection"] for e in calls} == {1}
+                sites = {(e["connection"], e["status"]) for e in events
+                         if e["event"] == "connection_status"}  # fmt: skip
+                assert sites >= {(0, "unavailable"), (1, "registered")}, sites
+
+                cli = await sipha("phone", "-c", str(config), "--call", "1002",
+                                  "--connection", "0", "--duration", "0.5")  # fmt: skip
+                out, err = await asyncio.wait_for(cli.communicate(), 30)
+                assert cli.returncode == 0, err.decode()[-2000:]
+                events = [json.loads(line) for line in out.decode().splitlines()]
+                start = next(e for e in events if e["event"] == "session")
+                assert start["state"] == "in_progress" and start["connection"] == 1
+                waited = start["ts"] - events[0]["ts"]
+                print(f"measured: sipha phone --connection 0 with site 0 down: "
+                      f"INVITE on site 1 {waited:.2f} s after the first event")  # fmt: skip
+                assert waited < 1.5, waited  # site 0's first REGISTER: a 1 s time-out
             finally:
                 callee.terminate()
                 await callee.communicate()

@@ -4,13 +4,14 @@ retry rules (see docs/endpoint.md)."""
 from .config import ConnectionConfig, PhoneConfig, Policy
 from .events import ConnectionStatus, Event, NotifyEvent, SessionEvent, SubscriptionEvent
 from .phone import Phone
-from .registration import ConnectionView
+from .registration import ConnectionUnavailable, ConnectionView
 from .session import Session
 from .subscription import Subscription
 
 __all__ = [
     "ConnectionConfig",
     "ConnectionStatus",
+    "ConnectionUnavailable",
     "ConnectionView",
     "Event",
     "NotifyEvent",

@@ -21,8 +21,6 @@ from .phone import Phone
 from .session import Session
 from .subscription import check_subscription
 
-REGISTER_WAIT = 10.0  # s a scripted --call waits for a registration before dialling anyway
-
 
 def _print(event: Event) -> None:
     sys.stdout.write(event.to_json() + "\n")
@@ -63,14 +61,12 @@ async def run_phone(
     phone.add_listener(on_event)
     await phone.start()
     try:
-        if subscribe:
-            await _wait_registration(phone, connection)
+        if subscribe:  # like dial: a site still registering is waited for, a down one not
             for package, uri in subscribe:
                 await phone.subscribe(package, uri, connection)
         if call is None:
             await wait_for_stop_signal()
             return 0
-        await _wait_registration(phone, connection)
         session = await phone.dial(call, connection)
         try:
             await session.wait_for("established", 64.0)  # Timer B of RFC 3261
@@ -84,14 +80,6 @@ async def run_phone(
         for task in timers:
             task.cancel()
         await phone.close()
-
-
-async def _wait_registration(phone: Phone, connection: int | None) -> None:
-    ids = [connection] if connection is not None else [c.id for c in phone.connections]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(REGISTER_WAIT):
-            while not any(c.status == "registered" for c in phone.connections if c.id in ids):
-                await asyncio.sleep(0.05)
 
 
 async def _end_after(session: Session, duration: float | None, hold_after: float | None) -> None:

@@ -48,6 +48,9 @@ class Policy(Strict):
     # support ignores them, RFC 5626 §4.2.1)
     outbound: bool = True
     instance_id: str = ""  # urn:uuid:...; empty = one generated per process
+    # SIP Endpoint SDK (geo-redundancy): placing or answering a call puts every other
+    # established call on hold first (re-INVITE a=sendonly); false: the application decides
+    hold_others: bool = True
 
     @field_validator("sip_transaction_timeout")
     @classmethod

@@ -41,6 +41,9 @@ class SessionEvent(JsonLine):
     state: SessionState
     reason: str | None = None
     direction: str = "outbound"  # or "inbound"
+    # true on a ``disconnected`` the phone decided because no proxy of the call's site
+    # answered (time-out, transport error, DNS, retry window over): the SDK's SipError 408
+    site_down: bool = False
     event: str = "session"
     ts: float = field(default_factory=time.time)
 

@@ -23,7 +23,7 @@ from ..stack import IncomingRequest, SipStack
 from ..ua import simple_sdp
 from .config import ConnectionConfig, PhoneConfig
 from .events import ConnectionStatus, ConnectionStatusName, Event, SessionEvent, SessionState
-from .registration import Connection, ConnectionView
+from .registration import Connection, ConnectionUnavailable, ConnectionView
 from .session import CallFlows, Session
 from .subscription import Subscription, check_subscription
 
@@ -178,10 +178,15 @@ class Phone(CallFlows):
         return registered[0] if registered else None
 
     async def wait_registered(self, connection_id: int, timeout: float = 10.0) -> None:
+        """Until the connection is registered. Raises ConnectionUnavailable (with the
+        reason) as soon as it is reported unavailable, or at once if it already is; a
+        connection still registering is waited for, at most ``timeout`` s (TimeoutError)."""
         conn = self._get(connection_id)
         async with asyncio.timeout(timeout):
             while not conn.registered:
-                await asyncio.sleep(0.02)
+                if conn.down:
+                    raise ConnectionUnavailable(conn.id, conn.reason)
+                await conn.changed()
 
     # -- subscriptions (RFC 6665) -----------------------------------------------------------
     async def subscribe(
@@ -194,11 +199,12 @@ class Phone(CallFlows):
         accept: str | None = None,
     ) -> Subscription:
         """Subscribe to ``package`` (the Event header: "presence", "dialog", ...) of
-        ``uri`` through a connection (chosen as for ``dial``) and keep it refreshed;
-        returns at once (``await sub.wait_for("active")``). ``expires`` is what is asked
+        ``uri`` through a connection (chosen as for ``dial``, with its wait for a site
+        still registering) and keep it refreshed; returns once the SUBSCRIBE is on its
+        way (``await sub.wait_for("active")``). ``expires`` is what is asked
         for; presence's default is 3600 s (RFC 3856 §6.4)."""
         check_subscription(package, expires)
-        plan = self.dial_plan(connection_id)
+        plan = await self.usable_plan(connection_id)
         if not plan:
             raise LookupError("no connection to subscribe through")
         conn = plan[0]
@@ -235,12 +241,15 @@ class Phone(CallFlows):
     ) -> None:
         self.emit(ConnectionStatus(connection_id, status, server, reason))
 
-    def emit_session(self, session: Session, state: SessionState, reason: str | None) -> None:
+    def emit_session(
+        self, session: Session, state: SessionState, reason: str | None, site_down: bool = False
+    ) -> None:
         self.emit(
             SessionEvent(
-                session.id, session.call_id, session.connection, state, reason, session.direction
+                session.id, session.call_id, session.connection, state, reason,
+                session.direction, site_down,
             )
-        )
+        )  # fmt: skip
 
     def forget(self, session: Session) -> None:
         self.phone_sessions.pop(session.id, None)

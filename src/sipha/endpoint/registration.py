@@ -8,6 +8,7 @@ cancelled is the simplest correct way to stop exactly one of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -56,6 +57,15 @@ class ConnectionView:
     reason: str
 
 
+class ConnectionUnavailable(Exception):
+    """``wait_registered`` on a connection reported unavailable: the site is down (or
+    refuses us); ``reason`` is the event's (``408 Request Timeout``, ``401 after auth``)."""
+
+    def __init__(self, connection: int, reason: str) -> None:
+        super().__init__(f"connection {connection} unavailable: {reason}")
+        self.connection, self.reason = connection, reason
+
+
 def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, TransactionTimeoutError):
         return "408 Request Timeout"
@@ -87,6 +97,10 @@ class Connection:
         self.keepalive: asyncio.Task[None] | None = None
         self.digest = phone.digest_for(cfg)
         self._emitted: tuple[str, str] | None = None
+        # set once the first REGISTER since start() has an outcome: a connection that is
+        # "unavailable" and settled is known down; one not settled is still registering
+        self.settled = asyncio.Event()
+        self._changed = asyncio.Event()
 
     # -- the view -----------------------------------------------------------------------
     def view(self) -> ConnectionView:
@@ -104,6 +118,9 @@ class Connection:
 
     def set_status(self, status: ConnectionStatusName, reason: str) -> None:
         self.status, self.reason = status, reason
+        self.settled.set()
+        self._changed.set()
+        self._changed = asyncio.Event()
         server = format_hostport(self.target.host, self.target.port) if self.target else ""
         if self._emitted == (status, server):
             return
@@ -115,10 +132,25 @@ class Connection:
     def registered(self) -> bool:
         return self.status == "registered"
 
+    @property
+    def down(self) -> bool:
+        """Reported unavailable (a REGISTER or keep-alive failed), not merely registering."""
+        return self.settled.is_set() and not self.registered
+
+    async def changed(self) -> None:
+        """Until the next status change (reported or not)."""
+        await self._changed.wait()
+
+    async def settle(self, timeout: float) -> None:
+        """Until the first REGISTER since start() has an outcome, at most ``timeout`` s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.settled.wait(), timeout)
+
     # -- life ---------------------------------------------------------------------------
     def start(self) -> None:
         if self.task is None or self.task.done():
             self.failures = 0
+            self.settled.clear()
             self.task = asyncio.create_task(self._loop(), name=f"sipha-connection-{self.id}")
 
     async def stop(self, status: ConnectionStatusName, unregister: bool = True) -> None:
@@ -363,8 +395,37 @@ class Connection:
                 try:
                     await self.phone.send(self, lambda: self._options(target), target)
                 except (TransactionTimeoutError, TransportFailure) as exc:
-                    self.flow_failed(target, f"keep-alive: OPTIONS {describe_failure(exc)}")
+                    why = f"keep-alive: OPTIONS {describe_failure(exc)}"
+                    if await self._answers_elsewhere(target):
+                        self.move_off(target, why)
+                    else:
+                        self.flow_failed(target, why)
                     return
+
+    async def _answers_elsewhere(self, failed: Target) -> bool:
+        """The SDK's registration check, applied to a failed UDP keep-alive: before the
+        site is declared down, one OPTIONS at once to another address of the same server
+        name (the failed one is already penalised). True when that address answered."""
+        try:
+            targets = await self.proxies()
+        except (LocateError, OSError):
+            return False
+        other = self.phone.pick([t for t in targets if t != failed])
+        if other is None:
+            return False
+        try:
+            await self.phone.send(self, lambda: self._options(other), other)
+        except (TransactionTimeoutError, TransportFailure):
+            return False
+        return True
+
+    def move_off(self, target: Target, reason: str) -> None:
+        """One proxy of the site failed but another answers: re-register at once on
+        another proxy, without reporting the site unavailable (it is not)."""
+        if self.target != target or not self.enabled or not self.registered:
+            return
+        self.broken = (target, reason)
+        self.wake.set()
 
     def _options(self, target: Target) -> Request:
         self.cseq += 1

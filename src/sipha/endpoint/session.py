@@ -100,6 +100,7 @@ class Session:
         self._local_tag = ""
         self._acked = asyncio.Event()
         self._answered = False
+        self._answering = False  # answer() called; the 200 waits for the other calls' hold
         # session timer (RFC 4028)
         self._timer_offer: Negotiated | None = None  # what our 2xx will say (inbound)
         self._clock: SessionClock | None = None
@@ -111,14 +112,18 @@ class Session:
         return self.call_ids[-1] if self.call_ids else ""
 
     # -- state -------------------------------------------------------------------------------
-    def set_state(self, state: SessionState, reason: str | None = None, final: bool = True) -> None:
+    def set_state(
+        self, state: SessionState, reason: str | None = None, final: bool = True,
+        site_down: bool = False,
+    ) -> None:  # fmt: skip
         """Record and emit a state; ``final=False`` reports a failed first attempt that is
-        about to be retried (the session lives on)."""
+        about to be retried (the session lives on). ``site_down``: the call ended because
+        no proxy of its site answered (the SDK's SipError 408), not by anyone's choice."""
         if self.ended.is_set():
             return
         self.state, self.reason = state, reason
         self.states.append(state)
-        self.phone.emit_session(self, state, reason)
+        self.phone.emit_session(self, state, reason, site_down)
         self._changed.set()
         self._changed = asyncio.Event()
         if state == "disconnected" and final:
@@ -218,7 +223,7 @@ class CallFlows(ProxySender):
         def connection_for_source(self, source: Target) -> Connection | None: ...
         def offer(self) -> bytes: ...
         def emit_session(
-            self, session: Session, state: SessionState, reason: str | None
+            self, session: Session, state: SessionState, reason: str | None, site_down: bool
         ) -> None: ...
         def forget(self, session: Session) -> None: ...
 
@@ -238,8 +243,59 @@ class CallFlows(ProxySender):
             raise LookupError("no connection to dial through")
         session = Session(self, "outbound", plan[0].id)
         self.phone_sessions[session.id] = session
-        session._task = asyncio.create_task(self._outbound(session, destination, plan, sdp))
+        session._task = asyncio.create_task(
+            self._outbound(session, destination, connection_id, sdp)
+        )
         return session
+
+    async def usable_plan(self, connection_id: int | None) -> list[Connection]:
+        """``dial_plan`` after the SDK's site rule: a chosen connection already reported
+        unavailable is skipped at once; one still registering (its first REGISTER has no
+        outcome yet) is waited for, at most ``sip_transaction_timeout``. With none chosen,
+        the wait ends as soon as one connection is registered or all have an outcome."""
+        plan = self.dial_plan(connection_id)
+        if connection_id is not None:
+            waiting = [c for c in plan if c.id == connection_id]
+        elif any(c.registered for c in plan):
+            waiting = []
+        else:
+            waiting = plan
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.policy.sip_transaction_timeout / 1000
+        while waiting and not all(c.settled.is_set() for c in waiting):
+            if connection_id is None and any(c.registered for c in waiting):
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            changes = [asyncio.ensure_future(c.changed()) for c in waiting]
+            try:
+                await asyncio.wait(changes, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for f in changes:
+                    f.cancel()
+        return self.dial_plan(connection_id)
+
+    def others_to_hold(self, session: Session) -> list[Session]:
+        """The established calls that ``policy.hold_others`` holds when ``session`` is
+        placed or answered."""
+        if not self.config.policy.hold_others:
+            return []
+        return [s for s in self.phone_sessions.values()
+                if s is not session and s.state == "established"]  # fmt: skip
+
+    async def hold_others(self, session: Session) -> None:
+        """SIP Endpoint SDK (geo-redundancy): "1pcc outbound calls ... All other calls are
+        put on hold", and the same for an inbound call answered while another is up. The
+        holds go out together; each follows the re-INVITE rule (retried once elsewhere)."""
+        others = self.others_to_hold(session)
+        results = await asyncio.gather(
+            *(self.reinvite(s, "sendonly", why=f"held for call {session.id}") for s in others),
+            return_exceptions=True,
+        )
+        for other, result in zip(others, results, strict=True):
+            if isinstance(result, BaseException):
+                log.info("could not hold call %s: %s", other.call_id, result)
 
     def dial_plan(self, connection_id: int | None) -> list[Connection]:
         """The chosen connection if registered, then the other registered ones; a chosen
@@ -255,15 +311,19 @@ class CallFlows(ProxySender):
         return registered + [c for c in conns if not c.registered]
 
     async def _outbound(
-        self, session: Session, destination: str, plan: list[Connection], sdp: bytes | None
+        self, session: Session, destination: str, connection_id: int | None, sdp: bytes | None
     ) -> None:
+        await self.hold_others(session)
+        try:
+            plan = await self.usable_plan(connection_id)
+        except LookupError as exc:  # the chosen connection was removed meanwhile
+            session.set_state("disconnected", str(exc))
+            return
         tried: list[Target] = []
-        attempt = 0
-        while True:
-            attempt += 1
-            pick = await self._next_invite_hop(plan, tried)
+        pick = await self._next_invite_hop(plan, tried)
+        for attempt in (1, 2):
             if pick is None:
-                session.set_state("disconnected", session.reason or "no proxy available")
+                session.set_state("disconnected", "no proxy available", site_down=True)
                 return
             conn, target = pick
             tried.append(target)
@@ -272,21 +332,19 @@ class CallFlows(ProxySender):
                 resp = await self._invite_once(session, conn, target, destination, sdp)
             except _FAILOVER as exc:
                 reason = describe_failure(exc)
-                log.info(
-                    "INVITE %s via %s:%s failed: %s",
-                    session.call_id,
-                    target.host,
-                    target.port,
-                    reason,
-                )
+                log.info("INVITE %s via %s:%s failed: %s",
+                         session.call_id, target.host, target.port, reason)  # fmt: skip
+                pick = None
                 if attempt == 1 and not session._cancel_wanted:
-                    # the app sees the first attempt end, then the retry start (SDK rule)
-                    session.set_state("disconnected", reason, final=False)
-                    continue
-                session.set_state("disconnected", reason)
-                return
+                    pick = await self._next_invite_hop(plan, tried)
+                if pick is None:  # no other proxy, or this was the retry
+                    session.set_state("disconnected", reason, site_down=True)
+                    return
+                # the app sees the first attempt end, then the retry start (SDK rule)
+                session.set_state("disconnected", reason, final=False, site_down=True)
+                continue
             except (LocateError, OSError) as exc:
-                session.set_state("disconnected", describe_failure(exc))
+                session.set_state("disconnected", describe_failure(exc), site_down=True)
                 return
             self._after_invite(session, resp)
             return
@@ -437,8 +495,9 @@ class CallFlows(ProxySender):
                 pass
         return out
 
-    async def reinvite(self, session: Session, direction: str) -> None:
-        """Hold (sendonly) or retrieve (sendrecv); retried once on another proxy, silently."""
+    async def reinvite(self, session: Session, direction: str, why: str | None = None) -> None:
+        """Hold (sendonly) or retrieve (sendrecv); retried once on another proxy, silently.
+        ``why`` is the event's reason (default: "local hold" / "retrieved")."""
         d = session.dialog
         if d is None or session.state not in ("established", "held"):
             raise RuntimeError(f"cannot re-INVITE a session that is {session.state}")
@@ -480,14 +539,14 @@ class CallFlows(ProxySender):
                 session.held = direction != "sendrecv"
                 session.set_state(
                     "held" if session.held else "established",
-                    "local hold" if session.held else "retrieved",
+                    why or ("local hold" if session.held else "retrieved"),
                 )
             else:
                 log.info("re-INVITE %s answered %d %s", d.call_id, resp.status, resp.reason)
             return
         # RFC 5057 §5.1: a re-INVITE that timed out ends the dialog
         session.reason = "re-INVITE: 408 Request Timeout"
-        await self.bye(session, reason="re-INVITE failed on every proxy")
+        await self.bye(session, reason="re-INVITE failed on every proxy", site_down=True)
 
     async def cycle(
         self,
@@ -528,8 +587,9 @@ class CallFlows(ProxySender):
         return None
 
     async def bye(
-        self, session: Session, reason: str = "local hangup", sip_reason: str | None = None
-    ) -> None:
+        self, session: Session, reason: str = "local hangup", sip_reason: str | None = None,
+        site_down: bool = False,
+    ) -> None:  # fmt: skip
         d = session.dialog
         if d is None or d.state is DialogState.TERMINATED:
             return
@@ -544,10 +604,11 @@ class CallFlows(ProxySender):
         resp = await self.cycle(session, "BYE", build, lambda: self.dialog_targets(session))
         if resp is None:
             reason += f"; BYE abandoned after {self.config.policy.retry_window:g} s"
+            site_down = True
         elif resp.status >= 300:
             # 408/481: the far end was already gone (a crashed server, a lost dialog)
             reason += f"; BYE answered {resp.status} {resp.reason}"
-        session.set_state("disconnected", reason)
+        session.set_state("disconnected", reason, site_down=site_down)
 
     async def cancel(self, session: Session) -> None:
         txn = session._invite_txn
@@ -562,7 +623,9 @@ class CallFlows(ProxySender):
         # the CANCEL keeps the INVITE's Via and branch (§9.1), so no Via of its own
         resp = await self.cycle(session, "CANCEL", txn.make_cancel, targets, add_via=False)
         if resp is None:
-            session.set_state("disconnected", "cancel abandoned: no proxy answered")
+            session.set_state(
+                "disconnected", "cancel abandoned: no proxy answered", site_down=True
+            )
 
     # -- session timer (RFC 4028) --------------------------------------------------------
     def _start_timer(self, session: Session, negotiated: Negotiated, we_were: str) -> None:
@@ -601,7 +664,10 @@ class CallFlows(ProxySender):
 
         resp = await self.cycle(session, f"session refresh ({method})", build, where)
         if resp is None or resp.status in (408, 481):
-            await self.bye(session, reason="session refresh failed", sip_reason=EXPIRED_REASON)
+            await self.bye(
+                session, reason="session refresh failed", sip_reason=EXPIRED_REASON,
+                site_down=resp is None,
+            )  # fmt: skip
             return
         if 200 <= resp.status < 300:
             if method == "INVITE" and targets:
@@ -651,9 +717,28 @@ class CallFlows(ProxySender):
         return str(self.stack.contact_uri("sipha", transport))
 
     def answer(self, session: Session, sdp: bytes | None) -> None:
+        """200 OK now, or, when other calls are up and ``policy.hold_others`` is on, once
+        their hold re-INVITEs are answered (the SDK: "all other calls are put on hold")."""
         incoming = session.incoming
-        if incoming is None or session._answered or incoming.answered:
+        if incoming is None or session._answered or session._answering or incoming.answered:
             return
+        if self.others_to_hold(session):
+            session._answering = True
+            self.spawn(self._answer_after_holds(session, sdp))
+            return
+        self._send_answer(session, sdp)
+
+    async def _answer_after_holds(self, session: Session, sdp: bytes | None) -> None:
+        await self.hold_others(session)
+        session._answering = False
+        incoming = session.incoming
+        if incoming is None or incoming.answered or session.state == "disconnected":
+            return  # cancelled or rejected meanwhile
+        self._send_answer(session, sdp)
+
+    def _send_answer(self, session: Session, sdp: bytes | None) -> None:
+        incoming = session.incoming
+        assert incoming is not None
         session._answered = True
         session.local_sdp = sdp if sdp is not None else self.offer()
         conn = self.connection_object(session.connection)
