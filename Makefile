@@ -50,6 +50,7 @@ compile: $(STAMP)
 	@if command -v cc >/dev/null 2>&1; then \
 	  echo "compiling with mypyc: $(COMPILED)"; \
 	  cd src && ../$(VENV)/bin/mypyc $(COMPILED) >../build-mypyc.log 2>&1 \
+	    && touch sipha/*.so sipha/*/*.so \
 	    && echo "compiled ($$(ls sipha/*.so sipha/*/*.so | wc -l) modules)" \
 	    || { echo "mypyc failed (see build-mypyc.log): running pure Python"; \
 	         find . -name '*.so' -delete; }; \

@@ -126,26 +126,15 @@ class Headers:
         """Every value of a field, comma-separated lists split where RFC 3261 allows."""
         key = header_key(name)
         keys = self._keys
-        n = keys.count(key)
-        if not n:
+        if key not in keys:
             return []
-        first = keys.index(key)
-        if n == 1:
-            value = self._values[first]
-            if key in LIST_FIELDS and ("," in value or not value):
-                return split_list(value) if value else []
-            return [value]
-        else:
-            values = [
-                v for k, v in zip(keys[first:], self._values[first:], strict=True) if k == key
-            ]
-        if key in LIST_FIELDS and any("," in v or not v for v in values):
-            out: list[str] = []
-            for v in values:
-                if v:
-                    out.extend(split_list(v))
-            return out
-        return values
+        values = self._values
+        found = [values[i] for i in range(keys.index(key), len(keys)) if keys[i] == key]
+        if key in LIST_FIELDS:
+            for v in found:
+                if "," in v or not v:  # split only when there is something to split
+                    return [item for value in found if value for item in split_list(value)]
+        return found
 
     def count(self, name: str) -> int:
         return self._keys.count(header_key(name))

@@ -9,7 +9,7 @@ request reaches a transaction user; the stack calls it and answers 400 with the 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from .errors import ParseError
 from .grammar import is_token
@@ -440,17 +440,21 @@ def parse(data: bytes, *, datagram: bool = True) -> Request | Response:
         head = _FOLD_RE.sub(" ", head)  # RFC 3261 §7.3.1: LWS folding becomes one SP
         lines = head.split("\r\n")
     start = lines[0]
-    # each header line splits at its first colon; the name cache is keyed by the name
-    # with its colon, so a line without one misses it and gets the strict check
-    parts = [line.partition(":") for line in lines[1:]]
-    names = _NAME_CACHE
-    try:
-        entries = [names[n + c] for n, c, _ in parts]
-    except KeyError:
-        entries = [_name_entry(n, c) for n, c, _ in parts]
-    values = [v.strip(" \t") for _, _, v in parts]
-    keys = [e[0] for e in entries]
-    headers = Headers(keys, [e[1] for e in entries], values)
+    # one pass: each line splits at its first colon; the name cache is keyed by the
+    # name as received, and a line without a colon gets the strict check
+    keys: list[str] = []
+    names: list[str] = []
+    values: list[str] = []
+    cache = _NAME_CACHE
+    for i in range(1, len(lines)):
+        raw, colon, value = lines[i].partition(":")
+        entry = cache.get(raw) if colon else None
+        if entry is None:
+            entry = _name_entry(raw, colon)
+        keys.append(entry[0])
+        names.append(entry[1])
+        values.append(value.strip(" \t"))
+    headers = Headers(keys, names, values)
     msg = _parse_start_line(start, headers)
     n_clen = keys.count("content-length")
     if n_clen > 1:
@@ -472,17 +476,14 @@ def parse(data: bytes, *, datagram: bool = True) -> Request | Response:
 
 
 _FOLD_RE = re.compile(r"[ \t]*\r\n[ \t]+")
-_NAME_CACHE: dict[str, tuple[str, str]] = {}
-_NAME_CACHE_MAX = 2048  # names seen; bounded so a peer inventing names cannot grow it
+_NAME_CACHE: Final[dict[str, tuple[str, str]]] = {}
+_NAME_CACHE_MAX: Final = 2048  # names seen; bounded so a peer inventing names cannot grow it
 
 
 def _name_entry(raw: str, colon: str) -> tuple[str, str]:
     """(lookup key, name to write) for a header name as received; validates the line."""
     if not colon or not raw.strip(" \t"):
         raise ParseError(f"header line without name and colon: {raw[:30]!r}")
-    cached = _NAME_CACHE.get(raw + colon)
-    if cached is not None:
-        return cached
     name = raw.rstrip(" \t")
     key = name.lower()
     if len(key) == 1:
@@ -494,7 +495,7 @@ def _name_entry(raw: str, colon: str) -> tuple[str, str]:
         canon = name
     entry = (key, canon)
     if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-        _NAME_CACHE[raw + colon] = entry
+        _NAME_CACHE[raw] = entry
     return entry
 
 
