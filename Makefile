@@ -13,6 +13,7 @@ COMPILED = $(shell $(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(ope
 # the unit tests of those modules, run a second time on the pure-Python files
 PURE_TESTS = tests/test_core.py tests/test_transaction.py tests/test_message.py \
   tests/test_rfc4475.py tests/test_fuzz.py tests/test_uri.py tests/test_address.py \
+  tests/test_dialog_table.py \
   tests/test_stack.py tests/test_edge_protection.py tests/edge/test_relay.py \
   tests/edge/test_robustness.py tests/edge/test_proxy_rules.py
 

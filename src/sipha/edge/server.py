@@ -20,9 +20,8 @@ import itertools
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from aiohttp import web
 
@@ -59,15 +58,20 @@ CALL_MEMORY = 4 * 3600.0  # s an answered call is remembered for least-calls wit
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"  # what the edge itself answers
 
 
-@dataclass(frozen=True, slots=True)
 class Routing:
-    """A request the anti-relay rules let through."""
+    """A request the anti-relay rules let through (one per request: a plain class, since
+    a frozen dataclass's ``__init__`` runs as Python even when this module is compiled)."""
 
-    followed_ours: bool  # it carried a Route naming this edge (now popped)
-    # that Route's flow token (Path of an outbound binding, or our Record-Route of a call
-    # delivered over a UA's connection): the connection toward the UA
-    flow: Target | None = None
-    outbound: bool = False  # an RFC 5626 flow: when it is gone, 430
+    __slots__ = ("flow", "followed_ours", "outbound")
+
+    def __init__(
+        self, followed_ours: bool, flow: Target | None = None, outbound: bool = False
+    ) -> None:
+        self.followed_ours: Final = followed_ours  # it carried a Route naming this edge
+        # that Route's flow token (Path of an outbound binding, or our Record-Route of a
+        # call delivered over a UA's connection): the connection toward the UA
+        self.flow: Final = flow
+        self.outbound: Final = outbound  # an RFC 5626 flow: when it is gone, 430
 
 
 class Reach(NamedTuple):

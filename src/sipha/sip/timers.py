@@ -47,7 +47,10 @@ class TimerConfig:
         rfc = 64 * self.t1
         return rfc if self.transaction_timeout is None else min(rfc, self.transaction_timeout)
 
-    timer_f = timer_b  # non-INVITE client: same rule
+    @property
+    def timer_f(self) -> float:
+        """Non-INVITE client: the same rule as Timer B."""
+        return self.timer_b
 
     @property
     def timer_d(self) -> float:
@@ -57,6 +60,15 @@ class TimerConfig:
     def timer_h(self) -> float:
         return 64 * self.t1
 
-    timer_j = timer_h
-    timer_l = timer_h  # RFC 6026 §8.7
-    timer_m = timer_h  # RFC 6026 §8.4
+    # (explicit properties, not aliases: the compiled class has no class dict to copy from)
+    @property
+    def timer_j(self) -> float:
+        return 64 * self.t1
+
+    @property
+    def timer_l(self) -> float:
+        return 64 * self.t1  # RFC 6026 §8.7
+
+    @property
+    def timer_m(self) -> float:
+        return 64 * self.t1  # RFC 6026 §8.4

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from dataclasses import replace as _dc_replace
-from typing import Any
+from typing import Any, Final
 
 from .errors import ParseError
 from .grammar import (
@@ -113,18 +113,48 @@ class URI:
         return _dc_replace(self, text="", **changes)  # type: ignore[type-var]
 
 
-@dataclass(frozen=True, eq=False, slots=True)
 class SipURI(URI):
-    """``sip:`` / ``sips:`` URI. ``user`` and ``password`` are stored unescaped."""
+    """``sip:`` / ``sips:`` URI. ``user`` and ``password`` are stored unescaped.
 
-    host: str
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    scheme: str = "sip"
-    params: dict[str, str | None] = field(default_factory=dict)
-    headers: dict[str, str] = field(default_factory=dict)
-    text: str = field(default="", repr=False)
+    Immutable (``Final``, checked by mypy) but not a frozen dataclass: a frozen
+    dataclass's generated ``__init__`` runs as Python even when this module is compiled,
+    and every message builds several of these."""
+
+    __slots__ = ("headers", "host", "params", "password", "port", "scheme", "text", "user")
+
+    def __init__(
+        self,
+        host: str,
+        user: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
+        scheme: str = "sip",
+        params: dict[str, str | None] | None = None,
+        headers: dict[str, str] | None = None,
+        text: str = "",
+    ) -> None:
+        self.host: Final = host
+        self.user: Final = user
+        self.password: Final = password
+        self.port: Final = port
+        self.scheme = scheme  # declared by URI (every kind has one)
+        self.params: Final[dict[str, str | None]] = params if params is not None else {}
+        self.headers: Final[dict[str, str]] = headers if headers is not None else {}
+        self.text: Final = text
+
+    def replace(self, **changes: Any) -> URI:
+        fields: dict[str, Any] = {
+            "host": self.host, "user": self.user, "password": self.password,
+            "port": self.port, "scheme": self.scheme, "params": self.params,
+            "headers": self.headers, "text": "",
+        }  # fmt: skip
+        fields.update(changes)
+        return SipURI(**fields)
+
+    def __repr__(self) -> str:
+        return (f"SipURI(host={self.host!r}, user={self.user!r}, password={self.password!r}, "
+                f"port={self.port!r}, scheme={self.scheme!r}, params={self.params!r}, "
+                f"headers={self.headers!r})")  # fmt: skip
 
     @property
     def transport(self) -> str | None:
