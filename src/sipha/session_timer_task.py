@@ -6,10 +6,10 @@ clock's."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+from .aio import wait_event
 from .sip.session_timer import SessionClock
 
 
@@ -43,8 +43,7 @@ class SessionTimerTask:
             delay = clock.next_deadline() - time.monotonic()
             self._wake.clear()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_event(self._wake, delay)
                 continue  # woken by a refresh, or the time came: look again
             due = clock.due(time.monotonic())
             if due == "expire":

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from ..aio import wait_event
 from ..sip.errors import ParseError, TransactionTimeoutError, TransportFailure
 from ..sip.headers import Address, Headers, parse_address
 from ..sip.message import Request, Response
@@ -264,8 +265,7 @@ class DialogKeeper:
             delay = 3600.0 if due is None else max(0.0, due - time.monotonic())
             if delay > 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_event(self._wake, delay)
             for dialog in self.table.due(time.monotonic()):
                 for side in SIDES:
                     self.spawn(self._keepalive(dialog, side))

@@ -8,13 +8,13 @@ cancelled is the simplest correct way to stop exactly one of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..aio import wait_event
 from ..dns.locator import LocateError
 from ..sip.errors import ParseError
 from ..sip.headers import Headers
@@ -141,11 +141,6 @@ class Connection:
         """Until the next status change (reported or not)."""
         await self._changed.wait()
 
-    async def settle(self, timeout: float) -> None:
-        """Until the first REGISTER since start() has an outcome, at most ``timeout`` s."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.settled.wait(), timeout)
-
     # -- life ---------------------------------------------------------------------------
     def start(self) -> None:
         if self.task is None or self.task.done():
@@ -236,11 +231,7 @@ class Connection:
 
     async def _sleep(self, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: forever); True when a broken flow woke us."""
-        try:
-            await asyncio.wait_for(self.wake.wait(), delay)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self.wake, delay)
 
     def flow_failed(self, target: Target, reason: str) -> None:
         """The flow under a live registration broke (TCP reset, dead keep-alive).
@@ -381,9 +372,7 @@ class Connection:
                 if not transports.ping(target):
                     self.flow_failed(target, "keep-alive: no connection to ping")
                     return
-                try:
-                    await asyncio.wait_for(self.pong.wait(), policy.keepalive_timeout)
-                except TimeoutError:
+                if not await wait_event(self.pong, policy.keepalive_timeout):
                     why = f"keep-alive: no pong within {policy.keepalive_timeout:g} s"
                     self.phone.blacklist.fail(target, self.phone.now)
                     transports.drop(target, why)  # reports the failure -> flow_failed

@@ -20,6 +20,7 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..aio import wait_event
 from ..dns.locator import LocateError
 from ..sip.dialog import Dialog
 from ..sip.errors import ParseError
@@ -210,9 +211,7 @@ class Subscription:
             wait = self.refresh_at - self.loop_time
             if wait <= 0:
                 return
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
+            if not await wait_event(self._wake, wait):
                 return
             self._wake.clear()
             if self._resubscribe_in is not None:
