@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ..aio import wait_event
 from ..media.rtp import PortPool, RtpSession
 from ..media.source import frames
 from ..session_timer_task import SessionTimerTask
@@ -345,11 +346,7 @@ class Call:
 
     async def wait_hangup(self, timeout: float | None = None) -> bool:
         """Wait until the call ends; True if it did within ``timeout``."""
-        try:
-            await asyncio.wait_for(self.ended.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self.ended, timeout)
 
     # -- platform side -------------------------------------------------------------------
     def _end(self, reason: str) -> None:

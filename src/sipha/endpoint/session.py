@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
+from ..aio import wait_event
 from ..dns.locator import LocateError
 from ..session_timer_task import SessionTimerTask
 from ..sip.dialog import Dialog, DialogState
@@ -763,11 +764,8 @@ class CallFlows(ProxySender):
         step = policy.sip_transaction_timeout / 1000
         sent_to: list[Target] = [session._invite_target] if session._invite_target else []
         while loop.time() < deadline:
-            try:
-                await asyncio.wait_for(session._acked.wait(), min(step, deadline - loop.time()))
+            if await wait_event(session._acked, min(step, deadline - loop.time())):
                 return
-            except TimeoutError:
-                pass
             if session.state == "disconnected":
                 return
             if sent_to:
