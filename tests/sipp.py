@@ -49,10 +49,12 @@ class SippResult:
         return self.returncode == 0
 
 
-def ok_to_last(next_label: str = "") -> str:
+def ok_to_last(next_label: str = "", extra: str = "", body: str = "") -> str:
     """A SIPp step: 200 OK to the last request received (its Via, From, To, Call-ID and
-    CSeq), then on to ``next_label`` if given."""
+    CSeq), with ``extra`` header lines (each ending in a newline) and a ``body``, then on
+    to ``next_label`` if given."""
     after = f' next="{next_label}"' if next_label else ""
+    length, body = ("[len]", f"      {body}\n") if body else ("0", "")
     return f"""<send{after}><![CDATA[
 
       SIP/2.0 200 OK
@@ -61,8 +63,9 @@ def ok_to_last(next_label: str = "") -> str:
       [last_To:]
       [last_Call-ID:]
       [last_CSeq:]
-      Content-Length: 0
+      {extra}Content-Length: {length}
 
+{body}
     ]]></send>"""
 
 

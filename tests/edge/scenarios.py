@@ -16,19 +16,22 @@ REPLY = """
 """
 
 
-def reply(code: str, extra: str = "", sdp: bool = False, rrs: bool = False) -> str:
-    body = ""
-    length = "0"
-    if sdp:
-        length = "[len]"
-        body = """
-      v=0
+# the offer or answer every scenario here carries (SIPp strips each line's indentation)
+SDP = """v=0
       o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
       s=-
       c=IN IP[media_ip_type] [media_ip]
       t=0 0
       m=audio [media_port] RTP/AVP 0
       a=rtpmap:0 PCMU/8000"""
+
+
+def reply(code: str, extra: str = "", sdp: bool = False, rrs: bool = False) -> str:
+    body = ""
+    length = "0"
+    if sdp:
+        length = "[len]"
+        body = "\n      " + SDP
     if rrs:
         extra += "[last_Record-Route:]\n      "
     return f"<send><![CDATA[\n{REPLY.format(code=code, extra=extra, length=length)}{body}\n\n    ]]></send>"
@@ -138,13 +141,7 @@ def caller(expect: str, domain: str = "[remote_ip]:[remote_port]") -> str:
       Content-Type: application/sdp
       Content-Length: [len]
 
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
+      {SDP}
 
   ]]></send>
   <recv response="100" optional="true"{' response_txn="invite"' if final != "200" else ""}/>

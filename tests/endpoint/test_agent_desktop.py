@@ -20,7 +20,7 @@ import pytest
 
 from sipha.endpoint import ConnectionUnavailable, Phone, SessionEvent
 from tests.dnsserver import DnsServer
-from tests.edge.scenarios import destination, reply
+from tests.edge.scenarios import SDP, destination, reply
 from tests.sipp import free_port, needs_sipp, ok_to_last, sipp_background
 
 from .helpers import (
@@ -46,32 +46,17 @@ def reinvite_answered(direction: str, var: str) -> str:
     """A SIPp step: receive a re-INVITE whose SDP says ``a=<direction>`` (the call fails
     otherwise) and answer 200 with SDP, then its ACK."""
     answer = {"sendonly": "recvonly"}.get(direction, "sendrecv")
+    ok = ok_to_last(
+        extra="Contact: <sip:dest@[local_ip]:[local_port];transport=[transport]>\n"
+              "      Content-Type: application/sdp\n      ",
+        body=f"{SDP}\n      a={answer}",
+    )  # fmt: skip
     return f"""
   <recv request="INVITE">
     <action><ereg regexp="a={direction}" search_in="body" check_it="true" assign_to="{var}"/></action>
   </recv>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Subject: [${var}]
-      Contact: <sip:dest@[local_ip]:[local_port];transport=[transport]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687638 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a={answer}
-
-    ]]></send>
+  <Reference variables="{var}"/>
+  {ok}
   <recv request="ACK"/>"""
 
 

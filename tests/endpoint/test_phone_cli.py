@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from sipha.config import load_config
+from sipha.endpoint import PhoneConfig
 from tests.appserver.helpers import toml
 from tests.dnsserver import DnsServer
 
@@ -136,20 +138,20 @@ SDK_CONFIG = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
-async def test_import_sip_endpoint_config(tmp_path: Path) -> None:
+async def imported(tmp_path: Path, xml: str) -> tuple[PhoneConfig, str]:
+    """``sipha import-config`` on ``xml`` (exit 0), its output loaded as a phone config."""
     src = tmp_path / "SipEndpoint.config"
-    src.write_text(SDK_CONFIG)
+    src.write_text(xml)
     proc = await sipha("import-config", str(src))
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
-    text = out.decode()
-    # the output is a valid phone config with the SDK's values
     dst = tmp_path / "phone.toml"
-    dst.write_text(text)
-    from sipha.config import load_config
-    from sipha.endpoint import PhoneConfig
+    dst.write_text(out.decode())
+    return load_config(dst, PhoneConfig), out.decode()
 
-    cfg = load_config(dst, PhoneConfig)
+
+async def test_import_sip_endpoint_config(tmp_path: Path) -> None:
+    cfg, text = await imported(tmp_path, SDK_CONFIG)  # a valid config with the SDK's values
     assert cfg.policy.sip_transaction_timeout == 3000
     a, b = cfg.connection
     assert (a.id, a.user, a.server, a.protocol, a.reg_interval, a.expires) == (
@@ -188,18 +190,8 @@ LOWERCASE_SDK_CONFIG = """<?xml version="1.0" encoding="utf-8"?>
 async def test_import_reads_the_lowercase_shape_and_names_every_setting_it_drops(
     tmp_path: Path,
 ) -> None:
+    cfg, text = await imported(tmp_path, LOWERCASE_SDK_CONFIG)
     src = tmp_path / "SipEndpoint.config"
-    src.write_text(LOWERCASE_SDK_CONFIG)
-    proc = await sipha("import-config", str(src))
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    text = out.decode()
-    from sipha.config import load_config
-    from sipha.endpoint import PhoneConfig
-
-    dst = tmp_path / "phone.toml"
-    dst.write_text(text)
-    cfg = load_config(dst, PhoneConfig)
     assert cfg.policy.sip_transaction_timeout == 2500
     (c,) = cfg.connection
     assert (c.user, c.protocol, c.password, c.reg_interval) == ("2001", "tcp", "pw2001", 45)

@@ -239,12 +239,9 @@ class Connection:
         Only a registered flow counts: a REGISTER that failed on its own flow is the
         loop's business (back-off), or a refused TCP port would re-register in a storm.
         """
-        if self.target != target or not self.enabled or not self.registered:
-            return
-        self.broken = (target, reason)
-        self._stop_keepalive()
-        self.set_status("unavailable", reason)
-        self.wake.set()
+        if self.reregister_elsewhere(target, reason):
+            self._stop_keepalive()
+            self.set_status("unavailable", reason)
 
     async def _register_once(self, avoid: Target | None) -> tuple[bool, str]:
         try:
@@ -386,7 +383,7 @@ class Connection:
                 except (TransactionTimeoutError, TransportFailure) as exc:
                     why = f"keep-alive: OPTIONS {describe_failure(exc)}"
                     if await self._answers_elsewhere(target):
-                        self.move_off(target, why)
+                        self.reregister_elsewhere(target, why)
                     else:
                         self.flow_failed(target, why)
                     return
@@ -399,7 +396,7 @@ class Connection:
             targets = await self.proxies()
         except (LocateError, OSError):
             return False
-        other = self.phone.pick([t for t in targets if t != failed])
+        other = self.phone.pick(targets, exclude=(failed,))
         if other is None:
             return False
         try:
@@ -408,13 +405,15 @@ class Connection:
             return False
         return True
 
-    def move_off(self, target: Target, reason: str) -> None:
-        """One proxy of the site failed but another answers: re-register at once on
-        another proxy, without reporting the site unavailable (it is not)."""
+    def reregister_elsewhere(self, target: Target, reason: str) -> bool:
+        """Wake the loop to register at once on a proxy other than ``target``, if the
+        live registration is on it; by itself this reports nothing (one proxy of the site
+        failed, another answers), ``flow_failed`` adds the ``unavailable``."""
         if self.target != target or not self.enabled or not self.registered:
-            return
+            return False
         self.broken = (target, reason)
         self.wake.set()
+        return True
 
     def _options(self, target: Target) -> Request:
         self.cseq += 1

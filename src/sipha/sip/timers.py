@@ -60,15 +60,15 @@ class TimerConfig:
     def timer_h(self) -> float:
         return 64 * self.t1
 
-    # (explicit properties, not aliases: the compiled class has no class dict to copy from)
+    # Timer H's value; properties, not aliases (``timer_j = timer_h`` does not compile)
     @property
     def timer_j(self) -> float:
-        return 64 * self.t1
+        return self.timer_h
 
     @property
     def timer_l(self) -> float:
-        return 64 * self.t1  # RFC 6026 §8.7
+        return self.timer_h  # RFC 6026 §8.7
 
     @property
     def timer_m(self) -> float:
-        return 64 * self.t1  # RFC 6026 §8.4
+        return self.timer_h  # RFC 6026 §8.4
