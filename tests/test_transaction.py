@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from sipha.sip import Headers, Request, Response, make_response, parse
-from sipha.sip.timers import TimerConfig
+from sipha.sip.timers import LINGER_GRAIN, TimerConfig
 from sipha.sip.transaction import (
     CancelReceived,
     RequestReceived,
@@ -25,6 +25,7 @@ from sipha.sip.transaction import (
 
 UDP = Target("udp", "127.0.0.1", 5060)
 TCP = Target("tcp", "127.0.0.1", 5060)
+EXACT = TimerConfig(linger_grain=0)  # the RFC's timer values to the microsecond
 
 
 def request(method: str = "INVITE", branch: str = "z9hG4bKabc", cseq: int = 1) -> Request:
@@ -127,7 +128,7 @@ def test_reliable_transport_has_no_retransmissions() -> None:
 
 
 def test_invite_client_non_2xx_generates_ack_and_absorbs_retransmission() -> None:
-    layer = TransactionLayer()
+    layer = TransactionLayer(EXACT)
     req = request()
     txn = layer.send_request(req, UDP, 0.0)
     layer.drain()
@@ -153,7 +154,7 @@ def test_invite_client_non_2xx_generates_ack_and_absorbs_retransmission() -> Non
 
 
 def test_invite_client_2xx_goes_to_accepted_and_forwards_retransmissions() -> None:
-    layer = TransactionLayer()
+    layer = TransactionLayer(EXACT)
     req = request()
     txn = layer.send_request(req, UDP, 0.0)
     layer.drain()
@@ -183,7 +184,7 @@ def test_provisional_stops_timer_a_and_b() -> None:
 
 
 def test_server_invite_sends_100_absorbs_retransmission_and_retransmits_final() -> None:
-    layer = TransactionLayer()
+    layer = TransactionLayer(EXACT)
     req = wire(request())
     assert isinstance(req, Request)
     layer.receive_request(req, UDP, 0.0)
@@ -249,7 +250,7 @@ def test_server_invite_2xx_retransmitted_until_ack_rfc6026() -> None:
 
 
 def test_server_non_invite_completed_resends_final_then_j() -> None:
-    layer = TransactionLayer()
+    layer = TransactionLayer(EXACT)
     req = wire(request("OPTIONS"))
     assert isinstance(req, Request)
     layer.receive_request(req, UDP, 0.0)
@@ -265,6 +266,42 @@ def test_server_non_invite_completed_resends_final_then_j() -> None:
     assert [m.status for m in sends(layer.drain())] == [200]
     layer.handle_timers(0.2 + 32.0)
     assert txn.state is State.TERMINATED
+
+
+def test_wait_state_timers_expire_together_on_the_grain() -> None:
+    """Timers J (and D, I, K, L, M) only end a lingering transaction: answered at three
+    moments within one grain, three OPTIONS transactions end in one timer wake-up, at the
+    grain's next step, never before their RFC deadline; retransmission timers and the
+    reliable transports' zero-length waits stay exact."""
+    layer = TransactionLayer()
+    txns = []
+    for i, at in enumerate((0.01, 0.02, 0.05)):
+        req = wire(request("OPTIONS", f"z9hG4bKg{i}"))
+        assert isinstance(req, Request)
+        layer.receive_request(req, UDP, at)
+        txn = next(e.transaction for e in layer.drain() if isinstance(e, RequestReceived))
+        assert txn is not None
+        layer.respond(txn, make_response(req, 200, to_tag="x"), at)
+        txns.append(txn)
+    layer.drain()
+    step = LINGER_GRAIN * (int((0.05 + 32.0) / LINGER_GRAIN) + 1)  # next step after the last
+    assert {t.timers["J"] for t in txns} == {step}
+    assert 32.05 <= step < 32.01 + LINGER_GRAIN
+    assert layer.next_deadline() == step
+    layer.handle_timers(step - 1e-6)
+    assert [t.state for t in txns] == [State.COMPLETED] * 3
+    layer.handle_timers(step)
+    assert [t.state for t in txns] == [State.TERMINATED] * 3
+    client = layer.send_request(request("BYE", "z9hG4bKe"), UDP, 0.003)
+    assert client.timers["E"] == 0.003 + 0.5  # a retransmission: on time
+    tcp = TransactionLayer()
+    req = wire(request("OPTIONS", "z9hG4bKt"))
+    assert isinstance(req, Request)
+    tcp.receive_request(req, TCP, 0.01)
+    txn = next(e.transaction for e in tcp.drain() if isinstance(e, RequestReceived))
+    assert txn is not None
+    tcp.respond(txn, make_response(req, 200, to_tag="x"), 0.01)
+    assert txn.timers["J"] == 0.01  # reliable: Timer J is zero, not a grain
 
 
 def test_server_matching_uses_branch_sent_by_and_method() -> None:

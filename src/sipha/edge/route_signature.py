@@ -2,8 +2,8 @@
 
 An in-dialog request is forwarded on the strength of its Route header: without a check,
 anyone can write ``Route: <sip:edge;lr>, <sip:anywhere;lr>`` and use the edge as an open
-relay. The edge writes ``;sg=`` into its Record-Route: an HMAC-SHA256 (truncated to
-96 bits) of the Call-ID and the From tag of the request that set the dialog up. Later
+relay. The edge writes ``;sg=`` into its Record-Route: a keyed BLAKE2s MAC (RFC 7693
+§2.9, 96 bits) of the Call-ID and the From tag of the request that set the dialog up. Later
 requests of that dialog carry the same Route; the edge recomputes the HMAC with either
 tag (requests from the callee have the tags the other way round) and forwards only on a
 match. A forged Route would need the key.
@@ -12,6 +12,12 @@ The same key signs flow tokens (RFC 5626 §5.2): ``;fl=`` in the Path the edge s
 an outbound registration and in the Record-Route of a call it delivers over a connection
 a phone opened. A request that comes back with the token goes over that connection; the
 token names it (transport, address, port) and its MAC says the edge wrote it.
+
+Each use has its own BLAKE2s personalisation ("sg", "flow", "derive"), so a signature
+made for one can never pass as another (a Call-ID "flow" with a From tag naming an
+address must not yield a flow token). BLAKE2s rather than HMAC-SHA256: CPython's own
+one-call implementation costs a fifth of an OpenSSL 3 HMAC, and the edge computes one per
+dialog-forming request and one or two per in-dialog request.
 
 The key comes from ``sip.route_secret_file`` and must be the same on every node of a
 cluster (a call set up through one node may continue through another). Without a file
@@ -23,9 +29,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import secrets
 from pathlib import Path
+from typing import Final
 
 from ..sip.transaction import Target
 
@@ -33,6 +41,9 @@ PARAM = "sg"  # the Record-Route URI parameter
 FLOW = "fl"  # the flow token parameter (Path and Record-Route)
 MIN_SECRET = 16  # bytes a route secret file must hold
 _URLSAFE = bytes.maketrans(b"+/", b"-_")  # RFC 4648 §5 alphabet, as base64.urlsafe_b64encode
+_SIGNATURE: Final = b"sg"  # BLAKE2s personalisations, one per use
+_FLOW: Final = b"flow"
+_DERIVE: Final = b"derive"
 
 
 def load_secret(path: Path) -> bytes:
@@ -45,15 +56,16 @@ def load_secret(path: Path) -> bytes:
 class RouteSigner:
     def __init__(self, key: bytes | None = None) -> None:
         self.random_key = key is None
-        self._key = key if key is not None else secrets.token_bytes(32)
-        self._keyed = hmac.new(self._key, digestmod="sha256")  # copied per use: 2x faster
+        key = key if key is not None else secrets.token_bytes(32)
+        # BLAKE2s takes keys of up to 32 bytes; a longer secret file is hashed down
+        self._key = key if len(key) <= 32 else hashlib.blake2s(key).digest()
+
+    def _mac(self, data: bytes, person: bytes, size: int = 12) -> bytes:
+        return hashlib.blake2s(data, digest_size=size, key=self._key, person=person).digest()
 
     def sign(self, call_id: str, tag: str) -> str:
-        # one C call for the MAC (hmac.digest: OpenSSL's one-shot HMAC) and one for the
-        # base64: a third of what the HMAC and base64 objects' Python methods cost
-        mac = hmac.digest(self._key, f"{call_id}\n{tag}".encode("utf-8", "surrogateescape"),
-                          "sha256")  # fmt: skip
-        return binascii.b2a_base64(mac[:12], newline=False).translate(_URLSAFE).decode()
+        mac = self._mac(f"{call_id}\n{tag}".encode("utf-8", "surrogateescape"), _SIGNATURE)
+        return binascii.b2a_base64(mac, newline=False).translate(_URLSAFE).decode()
 
     def verify(self, signature: str | None, call_id: str, tags: tuple[str, str]) -> bool:
         """True when ``signature`` was made for this Call-ID and either dialog tag."""
@@ -65,10 +77,8 @@ class RouteSigner:
     def flow_token(self, flow: Target) -> str:
         """A token naming ``flow``, signed (URI-parameter safe: base64url and a dot)."""
         text = f"{flow.transport}:{flow.host}:{flow.port}".encode()
-        mac = self._keyed.copy()
-        mac.update(b"flow\n" + text)
         payload = base64.urlsafe_b64encode(text).rstrip(b"=").decode()
-        return f"{payload}.{base64.urlsafe_b64encode(mac.digest()[:12]).decode()}"
+        return f"{payload}.{base64.urlsafe_b64encode(self._mac(text, _FLOW)).decode()}"
 
     def flow_of(self, token: str | None) -> Target | None:
         """The flow a token names, when this edge (or a node with its key) wrote it."""
@@ -79,9 +89,7 @@ class RouteSigner:
             text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         except ValueError:
             return None
-        mac = self._keyed.copy()
-        mac.update(b"flow\n" + text)
-        want = base64.urlsafe_b64encode(mac.digest()[:12]).decode()
+        want = base64.urlsafe_b64encode(self._mac(text, _FLOW)).decode()
         if not hmac.compare_digest(given.encode(), want.encode()):
             return None
         transport, _, rest = text.decode().partition(":")
@@ -90,4 +98,4 @@ class RouteSigner:
 
     def derive(self, label: bytes) -> bytes:
         """A key for another purpose (digest nonces) that every node shares too."""
-        return hmac.digest(self._key, label, "sha256")
+        return self._mac(label, _DERIVE, 32)

@@ -14,6 +14,13 @@ T2 = 4.0  # RFC 3261 §17.1.2.2: maximum retransmit interval for non-INVITE and 
 T4 = 5.0  # RFC 3261 §17.1.2.2: maximum time a message stays in the network
 TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"; Kamailio fr_inv_timer-like
 TRANSACTION_TIMEOUT_RANGE_MS = (1, 32000)  # SIP Endpoint SDK sip_transaction_timeout
+# The wait states' timers (D, I, J, K, L, M) only end a transaction that lingers to absorb
+# retransmissions; when they fire within a few tens of ms does not matter. Their deadlines
+# are rounded up to this grain so that the many of a busy edge expire together, in one
+# wake-up of the event loop instead of one each (at 100 calls/s, ~400 wake-ups a second
+# fewer). Kamailio's tm runs these timers on its timer process's tick, 1/16 s
+# (TIMER_TICKS_HZ in timer_ticks.h): the same grain.
+LINGER_GRAIN = 1 / 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +32,16 @@ class TimerConfig:
     # server watchdog for an INVITE: no response from the TU for this long ends it with 500
     # (re-armed by each provisional the TU sends, as a proxy re-arms Timer C)
     timer_c: float = TIMER_C
+    # the wait-state timers' grain (see LINGER_GRAIN); 0 = exact deadlines
+    linger_grain: float = LINGER_GRAIN
 
     def __post_init__(self) -> None:
         if not 0 < self.t1 <= self.t2:
             raise ValueError("timers need 0 < T1 <= T2")
         if self.timer_c <= 0:
             raise ValueError("Timer C must be positive")
+        if not 0 <= self.linger_grain <= 1:
+            raise ValueError("the linger grain must be 0..1 s")
         if self.transaction_timeout is not None:
             lo, hi = TRANSACTION_TIMEOUT_RANGE_MS
             ms = self.transaction_timeout * 1000

@@ -10,13 +10,17 @@ fake clock and never sleep.
 from __future__ import annotations
 
 import heapq
+import math
 from enum import Enum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from .headers import Headers
 from .ids import MAGIC_COOKIE, new_tag
 from .message import Message, Request, Response, make_response
 from .timers import TimerConfig
+
+# the wait states' timers: their deadlines are rounded up to TimerConfig.linger_grain
+LINGER_TIMERS: Final = frozenset(("D", "I", "J", "K", "L", "M"))
 
 
 class Target(NamedTuple):
@@ -211,6 +215,10 @@ class Transaction:
 
     def _arm(self, name: str, delay: float, now: float) -> None:
         deadline = now + delay
+        if delay > 0 and name in LINGER_TIMERS:
+            grain = self.layer.linger_grain
+            if grain > 0:
+                deadline = math.ceil(deadline / grain) * grain
         self.timers[name] = deadline
         self.layer._schedule(deadline, self, name)
 
@@ -568,6 +576,7 @@ class TransactionLayer:
         uas_2xx_retransmit: bool = True,
     ) -> None:
         self.timers = timers or TimerConfig()
+        self.linger_grain = self.timers.linger_grain
         self.auto_trying = auto_trying
         # a UAS core retransmits its 2xx until the ACK (§13.3.1.4); a proxy forwards the
         # downstream retransmissions instead (RFC 6026 §8.7), so it turns this off
