@@ -11,6 +11,7 @@ Record-Route.
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
 from sipha.sip import Request, parse
@@ -39,6 +40,11 @@ async def test_nothing_an_outsider_sends_is_relayed(tmp_path: Path) -> None:
         our_route = f"<sip:127.0.0.1:{edge_port};lr>"
         forged = f"<sip:127.0.0.1:{edge_port};lr;sg=AAAAAAAAAAAAAAAA>"
         other_call = f"<sip:127.0.0.1:{edge_port};lr;sg={edge.signer.sign('another-call', 'f1')}>"
+        # the signature the edge would give a call with Call-ID "flow" and a From tag that
+        # names the outside address, offered back as a flow token for that address
+        flow_text = f"udp:{OUTSIDE}:{outside.port}"
+        payload = base64.urlsafe_b64encode(flow_text.encode()).rstrip(b"=").decode()
+        as_flow = f"<sip:127.0.0.1:{edge_port};lr;fl={payload}.{edge.signer.sign('flow', flow_text)}>"
         attacks: list[tuple[str, int, str]] = [
             # initial requests with a preloaded Route to the outside
             (request("INVITE", f"sip:ivr@127.0.0.1:{edge_port}", attacker, route=far_route), 403, "preloaded Route"),
@@ -62,6 +68,8 @@ async def test_nothing_an_outsider_sends_is_relayed(tmp_path: Path) -> None:
             (request("BYE", far, attacker, route=forged, to_tag="t1"), 403, "forged signature"),
             (request("BYE", far, attacker, route=other_call, to_tag="t1"), 403, "another call's signature"),
             (request("INVITE", far, attacker, route=f"{forged}, {far_route}", to_tag="t1"), 403, "forged, then outside"),
+            (request("BYE", far, attacker, route=as_flow, to_tag="t1", call_id="flow"), 403, "signature as flow token"),
+            (request("INVITE", far, attacker, route=as_flow, call_id="flow"), 403, "signature as flow token (initial)"),
             # a foreign Request-URI outside any dialog
             (request("INVITE", far, attacker), 403, "foreign R-URI"),
         ]  # fmt: skip
