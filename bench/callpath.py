@@ -90,7 +90,16 @@ async def run(calls: int, profile: bool) -> None:
         port = stack.local().port
         spec = ListenSpec("udp", "127.0.0.1", port)
         sent: list[tuple[bytes, Target]] = []
-        stack.transports.send = lambda data, target: sent.append((data, target))  # type: ignore[method-assign]
+
+        class Capture:  # stands for the UDP socket's transport: keeps what is sent
+            def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+                sent.append((data, Target("udp", addr[0], addr[1])))
+
+            def close(self) -> None:
+                pass
+
+        for udp in stack.transports._udp:
+            udp.transport = Capture()  # type: ignore[assignment]
         feed = stack._on_message
 
         def to(target: Target) -> bytes:

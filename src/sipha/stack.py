@@ -381,14 +381,22 @@ class SipStack:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        """Arm the loop timer when the core's next deadline is earlier than the armed one.
+
+        A later deadline (the earliest timer was cancelled: a response stopped Timer A)
+        leaves the armed timer alone: it fires once for nothing and is re-armed then.
+        Re-arming at every change cost a TimerHandle per datagram; this costs a rare
+        empty wake-up.
+        """
         deadline = self.core.get_timer()
-        if deadline == self._timer_at:
+        armed = self._timer_at
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_at = deadline
-        if deadline is not None and self._loop is not None:
+        if self._loop is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:

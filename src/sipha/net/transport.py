@@ -92,6 +92,10 @@ def describe_os_error(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).lower()
 
 
+_SOURCES: dict[tuple[str | int, ...], Target] = {}  # a UDP source address -> its Target
+_MAX_SOURCES = 10_000  # a scan from many addresses empties it rather than growing it
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, manager: TransportManager, spec: ListenSpec) -> None:
         self.manager = manager
@@ -111,7 +115,14 @@ class _Udp(asyncio.DatagramProtocol):
             if data == b"\r\n\r\n" and self.transport is not None:
                 self.transport.sendto(b"\r\n", addr)  # RFC 5626 §4.4.1 answer on UDP too
             return
-        m.on_message(data, Target("udp", str(addr[0]), int(addr[1])), self.spec)
+        # the same peers send again and again: their Target is made once (bounded)
+        source = _SOURCES.get(addr)
+        if source is None:
+            source = Target("udp", str(addr[0]), int(addr[1]))
+            if len(_SOURCES) >= _MAX_SOURCES:
+                _SOURCES.clear()
+            _SOURCES[addr] = source
+        m.on_message(data, source, self.spec)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like; the transaction times out or is told by
@@ -257,6 +268,7 @@ class TransportManager:
         self._local: dict[tuple[str, bool], ListenSpec] = {}  # local_for's answers
         self.stats = TransportStats()
         self._udp: list[_Udp] = []
+        self._udp_by_family: dict[bool, _Udp] = {}  # _udp_for's answers
         self._listen_socks: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._inbound: dict[str, int] = {}  # accepted connections open per source address
@@ -456,10 +468,13 @@ class TransportManager:
             conn.close()
 
     def _udp_for(self, v6: bool) -> _Udp | None:
-        for u in self._udp:
-            if u.spec.family_v6 == v6:
-                return u
-        return None
+        found = self._udp_by_family.get(v6)
+        if found is None:
+            for u in self._udp:
+                if u.spec.family_v6 == v6:
+                    self._udp_by_family[v6] = found = u
+                    break
+        return found
 
     def _fail_soon(self, target: Target, reason: str) -> None:
         asyncio.get_running_loop().call_soon(self.on_failure, target, reason)
