@@ -15,7 +15,9 @@ PURE_TESTS = tests/test_core.py tests/test_transaction.py tests/test_message.py 
   tests/test_rfc4475.py tests/test_fuzz.py tests/test_uri.py tests/test_address.py \
   tests/test_dialog_table.py \
   tests/test_stack.py tests/test_edge_protection.py tests/edge/test_relay.py \
-  tests/edge/test_robustness.py tests/edge/test_proxy_rules.py
+  tests/edge/test_robustness.py tests/edge/test_proxy_rules.py \
+  tests/edge/test_route_signature.py tests/test_tcp_limits.py tests/edge/test_flows.py \
+  tests/edge/test_dialog_keepalive.py
 
 .PHONY: demo test lint bench deps debs clean compile
 
