@@ -390,14 +390,12 @@ class SipStack:
         """
         deadline = self.core.get_timer()
         armed = self._timer_at
-        if deadline is None or (armed is not None and armed <= deadline):
+        if deadline is None or self._loop is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -2,9 +2,9 @@
 
 An in-dialog request is forwarded on the strength of its Route header: without a check,
 anyone can write ``Route: <sip:edge;lr>, <sip:anywhere;lr>`` and use the edge as an open
-relay. The edge writes ``;sg=`` into its Record-Route: a keyed BLAKE2s MAC (RFC 7693
-§2.9, 96 bits) of the Call-ID and the From tag of the request that set the dialog up. Later
-requests of that dialog carry the same Route; the edge recomputes the HMAC with either
+relay. The edge writes ``;sg=`` into its Record-Route: a MAC (keyed BLAKE2s, RFC 7693;
+96 bits) of the Call-ID and the From tag of the request that set the dialog up. Later
+requests of that dialog carry the same Route; the edge recomputes the MAC with either
 tag (requests from the callee have the tags the other way round) and forwards only on a
 match. A forged Route would need the key.
 

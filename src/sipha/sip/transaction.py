@@ -216,7 +216,7 @@ class Transaction:
     def _arm(self, name: str, delay: float, now: float) -> None:
         deadline = now + delay
         if delay > 0 and name in LINGER_TIMERS:
-            grain = self.layer.linger_grain
+            grain = self.layer.timers.linger_grain
             if grain > 0:
                 deadline = math.ceil(deadline / grain) * grain
         self.timers[name] = deadline
@@ -576,7 +576,6 @@ class TransactionLayer:
         uas_2xx_retransmit: bool = True,
     ) -> None:
         self.timers = timers or TimerConfig()
-        self.linger_grain = self.timers.linger_grain
         self.auto_trying = auto_trying
         # a UAS core retransmits its 2xx until the ACK (§13.3.1.4); a proxy forwards the
         # downstream retransmissions instead (RFC 6026 §8.7), so it turns this off
