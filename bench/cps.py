@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -164,7 +165,7 @@ def admin_status(port: int) -> dict[str, object] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
             return json.loads(r.read())  # type: ignore[no-any-return]
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet (or a self-connected poll)
         return None
 
 

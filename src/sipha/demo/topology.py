@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -103,11 +104,17 @@ class Process:
 
 
 def get_json(url: str, timeout: float = 0.5) -> dict[str, Any] | None:
+    """The JSON at ``url``, or None while the process behind it is not answering yet.
+
+    Not answering includes a garbled answer: polling a port nobody listens on yet can
+    connect the socket to itself (TCP simultaneous open, when the kernel picks the same
+    port as the local end), and the request then comes back as the "status line".
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return None
 
 
