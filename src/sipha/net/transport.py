@@ -268,7 +268,7 @@ class TransportManager:
         self._local: dict[tuple[str, bool], ListenSpec] = {}  # local_for's answers
         self.stats = TransportStats()
         self._udp: list[_Udp] = []
-        self._udp_by_family: dict[bool, _Udp] = {}  # _udp_for's answers
+        self._udp_by_family: dict[bool, _Udp] = {}  # v6? -> the socket to send from
         self._listen_socks: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._inbound: dict[str, int] = {}  # accepted connections open per source address
@@ -292,6 +292,7 @@ class TransportManager:
             bound = spec._replace(port=port)
             proto.spec = bound
             self._udp.append(proto)
+            self._udp_by_family.setdefault(bound.family_v6, proto)  # the first one sends
         else:
             if spec.transport == "tls" and self.ssl_server is None:
                 raise ValueError(f"{spec}: a TLS listener needs a certificate and key")
@@ -468,13 +469,7 @@ class TransportManager:
             conn.close()
 
     def _udp_for(self, v6: bool) -> _Udp | None:
-        found = self._udp_by_family.get(v6)
-        if found is None:
-            for u in self._udp:
-                if u.spec.family_v6 == v6:
-                    self._udp_by_family[v6] = found = u
-                    break
-        return found
+        return self._udp_by_family.get(v6)
 
     def _fail_soon(self, target: Target, reason: str) -> None:
         asyncio.get_running_loop().call_soon(self.on_failure, target, reason)

@@ -113,6 +113,10 @@ class URI:
         return _dc_replace(self, text="", **changes)  # type: ignore[type-var]
 
 
+# SipURI's fields, as replace() and repr() show them (``text`` is the parsed form, not a field)
+_SIP_URI_FIELDS: Final = ("host", "user", "password", "port", "scheme", "params", "headers")
+
+
 class SipURI(URI):
     """``sip:`` / ``sips:`` URI. ``user`` and ``password`` are stored unescaped.
 
@@ -142,19 +146,15 @@ class SipURI(URI):
         self.headers: Final[dict[str, str]] = headers if headers is not None else {}
         self.text: Final = text
 
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SIP_URI_FIELDS}
+
     def replace(self, **changes: Any) -> URI:
-        fields: dict[str, Any] = {
-            "host": self.host, "user": self.user, "password": self.password,
-            "port": self.port, "scheme": self.scheme, "params": self.params,
-            "headers": self.headers, "text": "",
-        }  # fmt: skip
-        fields.update(changes)
-        return SipURI(**fields)
+        return SipURI(**{**self._fields(), **changes})  # text "": serialised anew
 
     def __repr__(self) -> str:
-        return (f"SipURI(host={self.host!r}, user={self.user!r}, password={self.password!r}, "
-                f"port={self.port!r}, scheme={self.scheme!r}, params={self.params!r}, "
-                f"headers={self.headers!r})")  # fmt: skip
+        shown = ", ".join(f"{k}={v!r}" for k, v in self._fields().items())
+        return f"SipURI({shown})"
 
     @property
     def transport(self) -> str | None:
